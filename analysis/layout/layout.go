@@ -134,8 +134,10 @@ var tables embed.FS
 func Tables() []string {
 	ents, _ := tables.ReadDir("tables")
 	var out []string
+	seen := map[string]bool{}
 	for _, e := range ents {
-		if v, _, ok := strings.Cut(e.Name(), "-"); ok {
+		if v, _, ok := strings.Cut(e.Name(), "-"); ok && !seen[v] {
+			seen[v] = true
 			out = append(out, v)
 		}
 	}
