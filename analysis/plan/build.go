@@ -12,6 +12,7 @@ import (
 	"github.com/gmpwatch/gmpwatch/analysis/gobin"
 	"github.com/gmpwatch/gmpwatch/analysis/layout"
 	"github.com/gmpwatch/gmpwatch/analysis/procmem"
+	"github.com/gmpwatch/gmpwatch/patches"
 )
 
 // functionSpecs lists the runtime functions a plan locates. Required ones
@@ -39,6 +40,9 @@ var functionSpecs = []struct {
 	{"runtime.runqput", false},
 	{"runtime.mProf_Malloc", false},
 	{"runtime.(*mheap).grow", false},
+	// Added by the probe-points runtime patch (patches/probe-points): one
+	// stable attach point with every transition's data in its arguments.
+	{patches.ProbeGoStatus, false},
 }
 
 // probeSpecs maps BPF program names to the function whose entry they probe.
@@ -62,6 +66,7 @@ var probeSpecs = []struct {
 	{"mallocgc", "runtime.mallocgc", false},
 	{"mProf_Malloc", "runtime.mProf_Malloc", true},
 	{"mheap_grow", "runtime.(*mheap).grow", true},
+	{"probe_points", patches.ProbeGoStatus, true},
 }
 
 // globalNames are the runtime variables a plan locates.
@@ -155,6 +160,9 @@ func fromBinary(b *gobin.Binary) (_ *Plan, err error) {
 		Globals:      map[string]Global{},
 	}
 
+	if p.Patches, err = patches.Detect(b.ELF()); err != nil {
+		return nil, fmt.Errorf("%s: %w", b.Path, err)
+	}
 	lay, err := readLayout(b)
 	if err != nil {
 		return nil, err

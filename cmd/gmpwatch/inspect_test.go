@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -14,17 +12,9 @@ import (
 	"github.com/gmpwatch/gmpwatch/internal/testtarget"
 )
 
-// runCLI runs gmpwatch in process and returns its exit status and output.
-func runCLI(t *testing.T, args ...string) (int, string, string) {
-	t.Helper()
-	var stdout, stderr bytes.Buffer
-	code := Main(context.Background(), args, &cmdEnv{stdout: &stdout, stderr: &stderr, stdin: strings.NewReader("")})
-	return code, stdout.String(), stderr.String()
-}
-
 func TestInspectJSON(t *testing.T) {
 	bin := testtarget.Build(t, "gosched", testtarget.Go126, testtarget.Stripped)
-	code, out, errOut := runCLI(t, "inspect", "--json", bin)
+	code, out, errOut := runMain(t, "inspect", "--json", bin)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
@@ -82,7 +72,7 @@ func TestInspectProcessText(t *testing.T) {
 	testtarget.RequireRoot(t)
 	proc := testtarget.Start(t, testtarget.Build(t, "gosched", testtarget.Go119, testtarget.Plain), "-wait")
 	proc.WaitLine(t, "ready", 10*time.Second)
-	code, out, errOut := runCLI(t, "inspect", "-p", strconv.Itoa(proc.PID()))
+	code, out, errOut := runMain(t, "inspect", "-p", strconv.Itoa(proc.PID()))
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
@@ -109,7 +99,7 @@ func TestInspectBadInput(t *testing.T) {
 		{[]string{"inspect", "--bogus"}, "flag provided but not defined"},
 		{[]string{"frobnicate"}, "unknown command"},
 	} {
-		code, out, errOut := runCLI(t, tc.args...)
+		code, out, errOut := runMain(t, tc.args...)
 		if code != 2 || out != "" || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, tc.want) {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit 2 and one line with %q", tc.args, code, out, errOut, tc.want)
 		}
@@ -121,7 +111,7 @@ func TestPs(t *testing.T) {
 	bin := testtarget.Build(t, "gosched", testtarget.Go126, testtarget.Stripped)
 	proc := testtarget.Start(t, bin, "-wait")
 	proc.WaitLine(t, "ready", 10*time.Second)
-	code, out, errOut := runCLI(t, "ps", "--json")
+	code, out, errOut := runMain(t, "ps", "--json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
@@ -140,5 +130,41 @@ func TestPs(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("pid %d not listed:\n%s", proc.PID(), out)
+	}
+}
+
+// TestInspectPatched builds a target with the probe-points runtime patch and
+// checks that inspect reports the patch and plans a probe on its function.
+func TestInspectPatched(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "spawn-patched")
+	pkg := filepath.Join(testtarget.RepoRoot(), "testdata", "spawn")
+	if code, _, errOut := runMain(t, "patch", "build", "probe-points", "-o", out, "--", "-ldflags=-s -w", pkg); code != 0 {
+		t.Fatalf("patch build: exit %d: %s", code, errOut)
+	}
+	code, stdout, errOut := runMain(t, "inspect", "--json", out)
+	if code != 0 {
+		t.Fatalf("inspect: exit %d: %s", code, errOut)
+	}
+	var p struct {
+		Patches []string `json:"patches"`
+		Probes  []struct {
+			Program, Symbol string
+		} `json:"probes"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &p); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Patches) != 1 || p.Patches[0] != "probe-points" {
+		t.Errorf("patches = %v, want [probe-points]", p.Patches)
+	}
+	found := false
+	for _, pr := range p.Probes {
+		found = found || (pr.Program == "probe_points" && pr.Symbol == "runtime.gmpwatchProbeGoStatus")
+	}
+	if !found {
+		t.Errorf("no probe_points probe in %+v", p.Probes)
+	}
+	if code, text, _ := runMain(t, "inspect", out); code != 0 || !strings.Contains(text, "runtime patches: probe-points") {
+		t.Errorf("text output lacks the patch line:\n%s", text)
 	}
 }
