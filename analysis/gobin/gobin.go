@@ -273,21 +273,57 @@ func (b *Binary) FileOffset(addr uint64) (uint64, error) {
 }
 
 // ReadAt reads size bytes at a link-time address from the file's sections.
+// A read past the end of the section returns the bytes up to it and an
+// error wrapping io.ErrUnexpectedEOF.
 func (b *Binary) ReadAt(addr, size uint64) ([]byte, error) {
 	for _, s := range b.elf.Sections {
 		if s.Type == elf.SHT_NOBITS || s.Addr == 0 || addr < s.Addr || addr >= s.Addr+s.Size {
 			continue
 		}
+		var short error
 		if addr+size > s.Addr+s.Size {
-			return nil, fmt.Errorf("read %#x+%d crosses the end of %s", addr, size, s.Name)
+			size = s.Addr + s.Size - addr
+			short = fmt.Errorf("read at %#x: %w at the end of %s", addr, io.ErrUnexpectedEOF, s.Name)
 		}
 		buf := make([]byte, size)
 		if _, err := s.ReadAt(buf, int64(addr-s.Addr)); err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("read %s at %#x: %w", s.Name, addr, err)
 		}
-		return buf, nil
+		return buf, short
 	}
 	return nil, fmt.Errorf("address %#x is in no section with file data", addr)
+}
+
+// Relocated reads size bytes at a link-time address as the dynamic loader
+// leaves them: for a PIE, a pointer-sized word that an R_X86_64_RELATIVE
+// relocation targets holds its addend (a link-time address, the load bias
+// not added). Use it to read static pointers, such as string headers, from
+// the file before (or without) reading the process.
+func (b *Binary) Relocated(addr, size uint64) ([]byte, error) {
+	buf, err := b.ReadAt(addr, size)
+	if buf == nil || b.elf.Type != elf.ET_DYN {
+		return buf, err
+	}
+	size = uint64(len(buf))
+	const relaSize, rX86_64Relative = 24, 8
+	for _, s := range b.elf.Sections {
+		if s.Type != elf.SHT_RELA {
+			continue
+		}
+		data, err := s.Data()
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", s.Name, err)
+		}
+		le := binary.LittleEndian
+		for i := 0; i+relaSize <= len(data); i += relaSize {
+			off := le.Uint64(data[i:])
+			if off < addr || off+8 > addr+size || le.Uint64(data[i+8:])&0xffffffff != rX86_64Relative {
+				continue
+			}
+			le.PutUint64(buf[off-addr:], le.Uint64(data[i+16:]))
+		}
+	}
+	return buf, err
 }
 
 // Code returns the machine code of a function.
@@ -304,6 +340,10 @@ func (b *Binary) Code(s Sym) ([]byte, error) {
 // .text (right for internally linked binaries).
 func (b *Binary) readPclntab() (*gosym.Table, error) {
 	sec := b.elf.Section(".gopclntab")
+	if sec == nil {
+		// go1.20 and older name it so in PIE binaries.
+		sec = b.elf.Section(".data.rel.ro.gopclntab")
+	}
 	if sec == nil {
 		return nil, ErrNoPclntab
 	}

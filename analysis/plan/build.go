@@ -135,12 +135,24 @@ func FromProcess(pid int) (*Plan, error) {
 		return nil, err
 	}
 	defer mem.Close()
+	// The names the process holds win over the file's. A PIE stopped at
+	// exec (gmpwatch -- CMD) is not relocated yet and its string headers
+	// hold no usable pointers: then the file's names, read by fromBinary
+	// with the relocations applied, stand.
 	wr := p.Globals["runtime.waitReasonStrings"]
-	p.WaitReasons, err = readWaitReasons(mem, wr.Address+p.LoadBias, wr.Size)
-	if err != nil {
-		return nil, fmt.Errorf("pid %d: wait reasons: %w", pid, err)
+	if w, err := readWaitReasons(mem, wr.Address+p.LoadBias, wr.Size); err == nil {
+		p.WaitReasons, p.WaitReasonSource = w, "process"
 	}
 	return p, nil
+}
+
+// fileMemory reads link-time addresses from a binary, relocated as the
+// dynamic loader would (less the load bias).
+type fileMemory struct{ b *gobin.Binary }
+
+func (f fileMemory) ReadAt(buf []byte, addr uint64) (int, error) {
+	data, err := f.b.Relocated(addr, uint64(len(buf)))
+	return copy(buf, data), err
 }
 
 func fromBinary(b *gobin.Binary) (_ *Plan, err error) {
@@ -218,6 +230,12 @@ func fromBinary(b *gobin.Binary) (_ *Plan, err error) {
 		}
 		p.Globals[name] = g
 	}
+	// The wait-reason table is static data: the binary holds it too.
+	wr := p.Globals["runtime.waitReasonStrings"]
+	if p.WaitReasons, err = readWaitReasons(fileMemory{b}, wr.Address, wr.Size); err != nil {
+		return nil, fmt.Errorf("%s: wait reasons: %w", b.Path, err)
+	}
+	p.WaitReasonSource = "binary"
 	return p, nil
 }
 

@@ -66,12 +66,16 @@ type Plan struct {
 	// Probes are the attach points, in the order ebpf/ attaches them.
 	Probes []Probe `json:"probes"`
 
-	// Filled by FromProcess only. Path is then /proc/PID/exe, which opens
+	// Filled by FromProcess. Path is then /proc/PID/exe, which opens
 	// the executable from any mount namespace; Exe is its name for people.
 	PID         int         `json:"pid,omitempty"`
 	Exe         string      `json:"exe,omitempty"`
 	LoadBias    uint64      `json:"load_bias,omitempty"` // runtime address = link address + LoadBias
 	WaitReasons WaitReasons `json:"wait_reasons,omitempty"`
+	// WaitReasonSource says where WaitReasons were read: "process" (its
+	// memory) or "binary" (the file, relocated; a process stopped at exec
+	// is not relocated yet).
+	WaitReasonSource string `json:"wait_reason_source,omitempty"`
 }
 
 // Function is a runtime function and the place a uprobe sits in it.

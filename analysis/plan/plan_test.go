@@ -199,6 +199,19 @@ func checkPlan(t *testing.T, p *plan.Plan, bin, twin string, v testtarget.Varian
 		}
 	}
 
+	// Symbolization reads .gopclntab (.data.rel.ro.gopclntab in old PIEs).
+	b, err := gobin.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, name := range []string{"runtime.gopark", "runtime.execute"} {
+		f := p.Functions[name]
+		if fr, ok := b.PCToFrame(f.Address + f.ProbeOffset); !ok || fr.Func != name || fr.Line == 0 || !strings.HasSuffix(fr.File, "proc.go") {
+			t.Errorf("PCToFrame(%s+%d) = %+v, %v", name, f.ProbeOffset, fr, ok)
+		}
+	}
+
 	var create int
 	for _, pr := range p.Probes {
 		if pr.Program == "newproc_runqput" {
@@ -332,6 +345,9 @@ func TestWaitReasonsFromProcess(t *testing.T) {
 				if p.PID != proc.PID() || !strings.HasSuffix(p.Exe, filepath.Base(proc.Cmd.Path)) {
 					t.Errorf("pid %d exe %q", p.PID, p.Exe)
 				}
+				if p.WaitReasonSource != "process" {
+					t.Errorf("wait reasons read from the %s, want the process", p.WaitReasonSource)
+				}
 				if (p.LoadBias != 0) != (v == testtarget.PIE) {
 					t.Errorf("load bias %#x for %s", p.LoadBias, v)
 				}
@@ -345,6 +361,23 @@ func TestWaitReasonsFromProcess(t *testing.T) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// TestWaitReasonsFromBinary reads the same table from the file of every
+// build (for a PIE, with its relocations applied).
+func TestWaitReasonsFromBinary(t *testing.T) {
+	for _, tc := range testtarget.Toolchains {
+		want := sourceWaitReasons(t, goroot(t, tc))
+		for _, v := range testtarget.Variants {
+			p, err := plan.FromFile(testtarget.Build(t, "gosched", tc, v))
+			if err != nil {
+				t.Fatalf("%s/%s: %v", tc, v, err)
+			}
+			if p.WaitReasonSource != "binary" || strings.Join(p.WaitReasons, "|") != strings.Join(want, "|") {
+				t.Errorf("%s/%s: wait reasons from the %s differ from the source:\n got %q\nwant %q", tc, v, p.WaitReasonSource, p.WaitReasons, want)
+			}
 		}
 	}
 }

@@ -128,14 +128,12 @@ func writePlan(w io.Writer, p *plan.Plan) error {
 	fmt.Fprintln(w, line)
 
 	if len(p.WaitReasons) > 0 {
-		fmt.Fprintf(w, "\nWait reasons (read from the process):\n")
+		fmt.Fprintf(w, "\nWait reasons (read from the %s; the numbering changes between releases):\n", p.WaitReasonSource)
 		for i, r := range p.WaitReasons {
 			if i > 0 {
 				fmt.Fprintf(w, "  %3d  %s\n", i, r)
 			}
 		}
-	} else if p.PID == 0 {
-		fmt.Fprintf(w, "\nWait reasons: read from a running process (gmpwatch inspect -p PID); their numbering changes between releases.\n")
 	}
 	return nil
 }

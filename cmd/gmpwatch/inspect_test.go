@@ -76,7 +76,7 @@ func TestInspectProcessText(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"Go go1.19.8, linux/amd64", "from the binary's DWARF", "runtime.gopark", "Wait reasons (read from the process)", " 14  chan receive"} {
+	for _, want := range []string{"Go go1.19.8, linux/amd64", "from the binary's DWARF", "runtime.gopark", "Wait reasons (read from the process;", " 14  chan receive"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
