@@ -59,6 +59,7 @@ var structs = map[string]string{
 	"runtime.gobuf":  "gobuf",
 	"runtime.gQueue": "gQueue",
 	"runtime.gList":  "gList",
+	"runtime.mstats": "mstats", // numgc; DWARF only, the tables lack it
 }
 
 // renamed maps an old field key to its newest name.

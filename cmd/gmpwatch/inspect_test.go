@@ -136,8 +136,8 @@ func TestPs(t *testing.T) {
 // TestInspectPatched builds a target with the probe-points runtime patch and
 // checks that inspect reports the patch and plans a probe on its function.
 func TestInspectPatched(t *testing.T) {
-	out := filepath.Join(t.TempDir(), "spawn-patched")
-	pkg := filepath.Join(testtarget.RepoRoot(), "testdata", "spawn")
+	out := filepath.Join(t.TempDir(), "gosched-patched")
+	pkg := filepath.Join(testtarget.RepoRoot(), "testdata", "gosched")
 	if code, _, errOut := runMain(t, "patch", "build", "probe-points", "-o", out, "--", "-ldflags=-s -w", pkg); code != 0 {
 		t.Fatalf("patch build: exit %d: %s", code, errOut)
 	}
