@@ -28,6 +28,11 @@
 //	SyscallExit   runtime.exitsyscall                    GoSyscall → GoRunning    current G  -                  -              -           -
 //	Status        runtime.casgstatus(gp, old, new)       old → new (opt-in, hot)  gp         old status         -              -           new status
 //	Alloc         runtime.mProf_Malloc(mp, p, size)      sampled allocation       current G  bytes              -              -           -
+//	HeapGrow      runtime.(*mheap).grow(h, npage)        heap grows (MA)          current G  bytes asked        -              -           -
+//	ThreadStart   runtime.newosproc(mp)                  clone of a new thread    current G  new m.id           -              -           -
+//	ChanSend      runtime.chansend(c, ep, block, pc)     opt-in, hot (CC)         current G  channel address    caller pc      -           1 if blocking
+//	ChanRecv      runtime.chanrecv(c, ep, block)         opt-in, hot (CC)         current G  channel address    caller pc      -           1 if blocking
+//	Malloc        runtime.mallocgc(size, typ, zero)      opt-in, very hot (MA)    current G  bytes              caller pc      -           -
 //
 // StackID, when not NoStack, names a user stack captured at the probe and
 // shipped separately (see the recording format); PC then holds the caller
@@ -58,6 +63,11 @@ const (
 	KindSyscallExit
 	KindStatus
 	KindAlloc
+	KindHeapGrow
+	KindThreadStart
+	KindChanSend
+	KindChanRecv
+	KindMalloc
 	kindCount
 )
 
@@ -75,6 +85,11 @@ var kindNames = [...]string{
 	KindSyscallExit:  "SyscallExit",
 	KindStatus:       "Status",
 	KindAlloc:        "Alloc",
+	KindHeapGrow:     "HeapGrow",
+	KindThreadStart:  "ThreadStart",
+	KindChanSend:     "ChanSend",
+	KindChanRecv:     "ChanRecv",
+	KindMalloc:       "Malloc",
 }
 
 func (k Kind) String() string {
