@@ -1,0 +1,533 @@
+// Package ebpf turns a probe plan (analysis/plan) into uprobes on a Go
+// binary's runtime scheduler and a stream of decoded scheduler events
+// (analysis/event).
+//
+// The BPF programs (gmpwatch.bpf.c, compiled with bpf2go; the objects are
+// committed) run one per plan program name. Each filters on the target's
+// thread group in the kernel, reads the goroutine, M and P through the plan's
+// struct offsets, and writes a 64-byte event into a ring buffer that the
+// loader polls without per-event wakeups. Events the kernel could not queue
+// are counted, never silently dropped.
+//
+// The loader decodes events and does not interpret them: that is the job of
+// analysis/sched.
+package ebpf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/gmpwatch/gmpwatch/analysis/event"
+	"github.com/gmpwatch/gmpwatch/analysis/plan"
+)
+
+// Sentinel errors; match with errors.Is.
+var (
+	// ErrPermission: loading BPF or opening uprobes was refused.
+	ErrPermission = errors.New("run as root, or grant CAP_BPF and CAP_PERFMON")
+	// ErrNoUprobes: the kernel lacks BPF, uprobes or a feature they need.
+	ErrNoUprobes = errors.New("kernel without uprobes or BPF support")
+	// ErrNoProbe: the plan has no probe for a program that was asked for.
+	ErrNoProbe = errors.New("plan has no probe for program")
+	// ErrUnknownProgram: Options.Programs names no BPF program.
+	ErrUnknownProgram = errors.New("unknown program")
+)
+
+// DefaultPrograms are the programs attached when Options.Programs is nil.
+var DefaultPrograms = []string{"schedule", "execute", "gopark", "ready", "goschedImpl", "goexit0", "newproc_runqput", "newm", "injectglist"}
+
+// Programs lists every program name the BPF object has, in the order of the
+// kernel's hit counters (enum gmp_prog in gmpwatch.h).
+var Programs = []string{"schedule", "execute", "gopark", "ready", "goschedImpl", "goexit0", "newproc_runqput", "newproc1_ret", "newm", "injectglist", "casgstatus"}
+
+// fallbacks names the program that stands in for another when the plan has
+// no probe for it.
+var fallbacks = map[string]string{"newproc_runqput": "newproc1_ret"}
+
+// coreProgram are the programs without which the default set fails to attach.
+var coreProgram = map[string]bool{"schedule": true, "execute": true, "gopark": true, "ready": true, "goexit0": true, "newproc_runqput": true}
+
+// DefaultRingBytes is the default ring buffer size: about half a second of
+// events at a million events per second (72 bytes each with the header).
+const DefaultRingBytes = 32 << 20
+
+// pollInterval bounds how long an event waits in the ring buffer before the
+// reader looks, when the ring holds less than the wakeup threshold.
+const pollInterval = 20 * time.Millisecond
+
+// Options configure Attach.
+type Options struct {
+	// PID is the process to trace; 0 takes the plan's PID.
+	PID int
+	// Programs to attach; nil means DefaultPrograms.
+	Programs []string
+	// RingBytes is the ring buffer size, rounded up to a power of two; 0
+	// means DefaultRingBytes.
+	RingBytes int
+}
+
+// Stats are the tracer's counters.
+type Stats struct {
+	Events uint64 // events decoded and delivered
+	// Lost counts events the kernel could not queue (ring buffer full).
+	Lost   uint64
+	Probes int // attached probes
+	// Hits counts probe hits in the target per program.
+	Hits map[string]uint64
+	// Refires counts hits suppressed because the call re-entered its
+	// function through morestack (the call is counted once).
+	Refires uint64
+	// Truncated counts injectglist walks cut at the walk bound: the Gs past
+	// the bound got no GoUnpark event.
+	Truncated uint64
+	// ReadErrors counts failed reads of the target's memory (fields then 0).
+	ReadErrors uint64
+	// DecodeErrors counts ring buffer records that did not decode.
+	DecodeErrors uint64
+}
+
+// Tracer is a set of attached probes and the ring buffer they write to.
+type Tracer struct {
+	pid    int
+	coll   *ebpf.Collection
+	links  []link.Link
+	probes []plan.Probe
+	rd     *ringbuf.Reader
+
+	events  atomic.Uint64
+	decErrs atomic.Uint64
+
+	closing   chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+	running   atomic.Bool
+	runDone   chan struct{}
+
+	mu    sync.Mutex
+	final *Stats // counters read just before the maps were closed
+}
+
+// offsetVars maps BPF const volatile variables to plan offset keys. Required
+// ones fail the attach when the plan lacks them; the others keep a default.
+var offsetVars = []struct {
+	name, key string
+	required  bool
+	def       int64
+}{
+	{"off_g_m", "g.m", true, 0},
+	{"off_g_goid", "g.goid", true, 0},
+	{"off_g_gopc", "g.gopc", true, 0},
+	{"off_g_startpc", "g.startpc", true, 0},
+	{"off_m_id", "m.id", true, 0},
+	{"off_m_curg", "m.curg", true, 0},
+	{"off_m_p", "m.p", true, 0},
+	{"off_p_id", "p.id", true, 0},
+	{"off_g_status", "g.atomicstatus", false, -1},
+	{"off_g_parent_goid", "g.parentGoid", false, -1},
+	{"off_g_schedlink", "g.schedlink", false, -1},
+	{"off_m_g0", "m.g0", false, 0}, // 0 in every release
+	{"off_m_procid", "m.procid", false, -1},
+	{"off_glist_head", "gList.head", false, 0}, // 0 in every release
+}
+
+// Attach loads the BPF programs with p's offsets and attaches one uprobe per
+// plan probe of each program in opts.Programs, filtered on the target PID.
+func Attach(p *plan.Plan, opts Options) (*Tracer, error) {
+	if p == nil {
+		return nil, errors.New("attach: nil plan")
+	}
+	if p.Arch != "" && p.Arch != "amd64" {
+		return nil, fmt.Errorf("attach %s: %w", p.Arch, plan.ErrUnsupportedArch)
+	}
+	pid := opts.PID
+	if pid == 0 {
+		pid = p.PID
+	}
+	if pid <= 0 {
+		return nil, errors.New("attach: no target process id")
+	}
+
+	// Which probes, for which programs.
+	progs := opts.Programs
+	strict := progs != nil
+	if progs == nil {
+		progs = DefaultPrograms
+	}
+	type want struct {
+		prog   string
+		probes []plan.Probe
+	}
+	var wants []want
+	seen := map[string]bool{}
+	for _, name := range progs {
+		if progIndex(name) < 0 {
+			return nil, fmt.Errorf("attach: %w %q", ErrUnknownProgram, name)
+		}
+		use := name
+		probes := p.ProbesFor(name)
+		if len(probes) == 0 {
+			if fb, ok := fallbacks[name]; ok {
+				use, probes = fb, p.ProbesFor(fb)
+			}
+		}
+		if len(probes) == 0 {
+			if strict || coreProgram[name] {
+				return nil, fmt.Errorf("attach: %w %q", ErrNoProbe, name)
+			}
+			continue
+		}
+		if seen[use] {
+			continue
+		}
+		seen[use] = true
+		wants = append(wants, want{use, probes})
+	}
+
+	spec, err := loadGmpwatch()
+	if err != nil {
+		return nil, fmt.Errorf("load bpf spec: %w", err)
+	}
+	if err := setVariables(spec, p, pid, opts.RingBytes); err != nil {
+		return nil, err
+	}
+	dedupByMap := false
+	for _, w := range wants {
+		for _, pr := range w.probes {
+			if pr.Refires && !atJcc(pr.Insn) {
+				dedupByMap = true
+			}
+		}
+	}
+	if err := setVar(spec, "dedup_by_map", boolByte(dedupByMap)); err != nil {
+		return nil, err
+	}
+	for name := range spec.Programs {
+		if !seen[name] {
+			delete(spec.Programs, name)
+		}
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		return nil, fmt.Errorf("load bpf programs: %w", classify(err))
+	}
+	t := &Tracer{pid: pid, coll: coll, closing: make(chan struct{}), runDone: make(chan struct{})}
+
+	ex, err := link.OpenExecutable(p.Path)
+	if err != nil {
+		coll.Close()
+		return nil, fmt.Errorf("attach: open %s: %w", p.Path, err)
+	}
+	for _, w := range wants {
+		prog := coll.Programs[w.prog]
+		for _, pr := range w.probes {
+			l, err := ex.Uprobe(pr.Symbol, prog, &link.UprobeOptions{
+				Address: pr.FileOffset,
+				PID:     pid,
+				Cookie:  cookie(pr),
+			})
+			if err != nil {
+				if pr.Optional {
+					continue
+				}
+				t.detach()
+				coll.Close()
+				return nil, fmt.Errorf("attach %s: %w", pr.Symbol, classify(err))
+			}
+			t.links = append(t.links, l)
+			t.probes = append(t.probes, pr)
+		}
+	}
+	t.rd, err = ringbuf.NewReader(coll.Maps["events"])
+	if err != nil {
+		t.detach()
+		coll.Close()
+		return nil, fmt.Errorf("attach: ring buffer reader: %w", classify(err))
+	}
+	return t, nil
+}
+
+func progIndex(name string) int {
+	for i, n := range Programs {
+		if n == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// atJcc reports whether a probe instruction (Go syntax) is the stack check's
+// conditional jump, whose flags tell whether the call will grow its stack.
+func atJcc(insn string) bool {
+	op, _, _ := strings.Cut(strings.TrimSpace(insn), " ")
+	switch strings.ToUpper(op) {
+	case "JBE", "JLS", "JNA":
+		return true
+	}
+	return false
+}
+
+func cookie(pr plan.Probe) uint64 {
+	var c uint64
+	if pr.FramePushed {
+		c |= 1
+	}
+	if pr.Refires {
+		c |= 2
+		if atJcc(pr.Insn) {
+			c |= 4
+		}
+	}
+	return c
+}
+
+func boolByte(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func setVar(spec *ebpf.CollectionSpec, name string, v any) error {
+	vs, ok := spec.Variables[name]
+	if !ok {
+		return fmt.Errorf("bpf object lacks variable %s", name)
+	}
+	if err := vs.Set(v); err != nil {
+		return fmt.Errorf("set %s: %w", name, err)
+	}
+	return nil
+}
+
+func setVariables(spec *ebpf.CollectionSpec, p *plan.Plan, pid, ringBytes int) error {
+	for _, ov := range offsetVars {
+		v, ok := p.Offset(ov.key)
+		if !ok {
+			if ov.required {
+				return fmt.Errorf("attach: plan lacks offset %q: %w", ov.key, plan.ErrNoLayout)
+			}
+			v = ov.def
+		}
+		if err := setVar(spec, ov.name, v); err != nil {
+			return err
+		}
+	}
+	if err := setVar(spec, "m_span", mSpan(p)); err != nil {
+		return err
+	}
+	if err := setVar(spec, "target_tgid", uint32(pid)); err != nil {
+		return err
+	}
+	if err := setVar(spec, "gosched_has_preempted", boolByte(goschedHasPreempted(p.GoVersion))); err != nil {
+		return err
+	}
+	size := ringSize(ringBytes)
+	spec.Maps["events"].MaxEntries = uint32(size)
+	// Wake the reader early when a quarter of the ring is waiting; below
+	// that, the reader's poll interval bounds the delay.
+	return setVar(spec, "wakeup_bytes", uint64(size/4))
+}
+
+// mSpan returns how many bytes from the start of runtime.m cover m.g0,
+// m.curg, m.p and m.id, so that the programs read them at once; 0 when the
+// fields are not all 8-byte aligned within the programs' 256-byte buffer.
+func mSpan(p *plan.Plan) uint32 {
+	var span int64
+	for _, key := range []string{"m.g0", "m.curg", "m.p", "m.id"} {
+		off, ok := p.Offset(key)
+		if !ok && key == "m.g0" {
+			off, ok = 0, true
+		}
+		if !ok || off < 0 || off%8 != 0 || off+8 > 256 {
+			return 0
+		}
+		span = max(span, off+8)
+	}
+	return uint32(span)
+}
+
+// ringSize rounds n up to a power of two of at least a page.
+func ringSize(n int) int {
+	if n <= 0 {
+		n = DefaultRingBytes
+	}
+	size := os.Getpagesize()
+	for size < n && size < 1<<30 {
+		size <<= 1
+	}
+	return size
+}
+
+// goschedHasPreempted reports whether runtime.goschedImpl takes the
+// preempted flag (go1.22 and later; go1.19 has goschedImpl(gp)).
+func goschedHasPreempted(version string) bool {
+	minor, ok := goMinor(version)
+	return !ok || minor >= 22
+}
+
+func goMinor(version string) (int, bool) {
+	v, ok := strings.CutPrefix(version, "go1.")
+	if !ok {
+		return 0, false
+	}
+	end := 0
+	for end < len(v) && v[end] >= '0' && v[end] <= '9' {
+		end++
+	}
+	n, err := strconv.Atoi(v[:end])
+	return n, err == nil
+}
+
+// classify wraps err with the sentinel it stands for, if any.
+func classify(err error) error {
+	switch {
+	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES), errors.Is(err, os.ErrPermission):
+		return fmt.Errorf("%w: %w", ErrPermission, err)
+	case errors.Is(err, ebpf.ErrNotSupported), errors.Is(err, syscall.ENOSYS):
+		return fmt.Errorf("%w: %w", ErrNoUprobes, err)
+	}
+	return err
+}
+
+// Run reads events until ctx is done or the tracer is closed, calls fn for
+// each (ev is reused: copy it to keep it), drains what is left in the ring
+// buffer, and returns. It returns nil when ended by ctx or Close.
+func (t *Tracer) Run(ctx context.Context, fn func(ev *event.Event)) error {
+	if !t.running.CompareAndSwap(false, true) {
+		return errors.New("tracer: run called twice")
+	}
+	defer close(t.runDone)
+	select {
+	case <-t.closing:
+		return nil
+	default:
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-t.closing:
+		case <-stop:
+			return
+		}
+		_ = t.rd.Flush()
+	}()
+
+	var rec ringbuf.Record
+	var ev event.Event
+	for {
+		t.rd.SetDeadline(time.Now().Add(pollInterval))
+		err := t.rd.ReadInto(&rec)
+		switch {
+		case err == nil:
+			if derr := event.Decode(rec.RawSample, &ev); derr != nil {
+				t.decErrs.Add(1)
+				continue
+			}
+			t.events.Add(1)
+			fn(&ev)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+		case errors.Is(err, ringbuf.ErrFlushed), errors.Is(err, ringbuf.ErrClosed), errors.Is(err, os.ErrClosed):
+			return nil
+		default:
+			return fmt.Errorf("read ring buffer: %w", err)
+		}
+	}
+}
+
+// Stats returns the counters so far.
+func (t *Tracer) Stats() Stats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.final != nil {
+		s := *t.final
+		s.Events = t.events.Load()
+		s.DecodeErrors = t.decErrs.Load()
+		return s
+	}
+	return t.readStats()
+}
+
+func (t *Tracer) readStats() Stats {
+	s := Stats{
+		Events:       t.events.Load(),
+		DecodeErrors: t.decErrs.Load(),
+		Probes:       len(t.links),
+		Hits:         map[string]uint64{},
+	}
+	sum := func(m *ebpf.Map, key uint32) uint64 {
+		var vals []uint64
+		if m == nil || m.Lookup(key, &vals) != nil {
+			return 0
+		}
+		var n uint64
+		for _, v := range vals {
+			n += v
+		}
+		return n
+	}
+	c := t.coll.Maps["counters"]
+	s.Lost = sum(c, 0)
+	s.Refires = sum(c, 1)
+	s.Truncated = sum(c, 2)
+	s.ReadErrors = sum(c, 3)
+	for i, name := range Programs {
+		if n := sum(t.coll.Maps["hits"], uint32(i)); n > 0 {
+			s.Hits[name] = n
+		}
+	}
+	return s
+}
+
+// Probes returns the attached probes.
+func (t *Tracer) Probes() []plan.Probe {
+	return append([]plan.Probe(nil), t.probes...)
+}
+
+func (t *Tracer) detach() error {
+	var errs []error
+	for _, l := range t.links {
+		if err := l.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	t.links = nil
+	return errors.Join(errs...)
+}
+
+// Close detaches every probe, lets a running Run drain the ring buffer and
+// return, and frees the BPF objects. Stats stay readable.
+func (t *Tracer) Close() error {
+	t.closeOnce.Do(func() {
+		n := len(t.links)
+		errs := []error{t.detach()}
+		close(t.closing)
+		if t.running.Load() {
+			select {
+			case <-t.runDone:
+			case <-time.After(5 * time.Second):
+			}
+		}
+		t.mu.Lock()
+		s := t.readStats()
+		s.Probes = n
+		t.final = &s
+		t.mu.Unlock()
+		errs = append(errs, t.rd.Close())
+		t.coll.Close()
+		t.closeErr = errors.Join(errs...)
+	})
+	return t.closeErr
+}

@@ -1,0 +1,528 @@
+//go:build ignore
+
+/* gmpwatch.bpf.c: uprobe programs on the Go runtime's scheduler.
+ *
+ * One program per probe-plan program name (analysis/plan Probe.Program).
+ * Every program filters on the target's tgid first, then fills a
+ * struct gmp_event from the registers (Go amd64 ABIInternal) and from the
+ * runtime's g, m and p structures, whose field offsets the loader sets as
+ * const volatile variables from the plan before load.
+ *
+ * The programs never write to the target and never run on function return.
+ */
+
+#include <linux/bpf.h>
+#include <asm/ptrace.h>
+#include <bpf/bpf_helpers.h>
+
+#include "gmpwatch.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Target filter: events from other processes mapping the binary are ignored. */
+const volatile __u32 target_tgid = 0;
+
+/* Struct field offsets (plan.Offsets), -1 when the layout has no such field. */
+const volatile __s64 off_g_m = 48;
+const volatile __s64 off_g_goid = 152;
+const volatile __s64 off_g_status = 144;
+const volatile __s64 off_g_gopc = 288;
+const volatile __s64 off_g_startpc = 304;
+const volatile __s64 off_g_parent_goid = -1;
+const volatile __s64 off_g_schedlink = 160;
+const volatile __s64 off_m_g0 = 0;
+const volatile __s64 off_m_id = 232;
+const volatile __s64 off_m_procid = 64;
+const volatile __s64 off_m_curg = 184;
+const volatile __s64 off_m_p = 208;
+const volatile __s64 off_p_id = 0;
+const volatile __s64 off_glist_head = 0;
+
+/* Bytes of runtime.m read at once from its start, covering m.g0, m.curg,
+ * m.p and m.id (the loader sets it; 0 reads the fields one by one). */
+const volatile __u32 m_span = 0;
+
+/* goschedImpl(gp, preempted): go1.19's goschedImpl(gp) has no second arg. */
+const volatile __u8 gosched_has_preempted = 1;
+/* Some Refires probe is not on a JBE: deduplicate with the per-thread map. */
+const volatile __u8 dedup_by_map = 0;
+/* Bound on the injectglist walk. */
+const volatile __u32 inject_max = 65536;
+/* Wake the reader once this many bytes wait in the ring (0: always). */
+const volatile __u64 wakeup_bytes = 1 << 20;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 24); /* resized by the loader */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CNT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PROG_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} hits SEC(".maps");
+
+/* The last refiring call seen on a thread (dedup_by_map only). */
+struct last_call {
+	__u64 prog;
+	__u64 g;
+	__u64 a0;
+	__u64 a1;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct last_call);
+} last_calls SEC(".maps");
+
+/* Keeps struct gmp_event in the BTF for bpf2go -type (checked in tests). */
+struct gmp_event *unused_gmp_event __attribute__((unused));
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void hit(__u32 prog)
+{
+	__u64 *v = bpf_map_lookup_elem(&hits, &prog);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline __u64 rd64(__u64 base, __s64 off)
+{
+	__u64 v = 0;
+	if (!base || off < 0)
+		return 0;
+	if (bpf_probe_read_user(&v, sizeof(v), (void *)(base + off)) < 0)
+		count(CNT_READ_ERR);
+	return v;
+}
+
+static __always_inline __u32 rd32(__u64 base, __s64 off)
+{
+	__u32 v = 0;
+	if (!base || off < 0)
+		return 0;
+	if (bpf_probe_read_user(&v, sizeof(v), (void *)(base + off)) < 0)
+		count(CNT_READ_ERR);
+	return v;
+}
+
+/* in_target returns the thread id, or 0 when the probe fired elsewhere. */
+static __always_inline __u32 in_target(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if ((__u32)(id >> 32) != target_tgid)
+		return 0;
+	return (__u32)id;
+}
+
+/* Where the probe fired: the current g, its M and that M's fields. */
+struct here {
+	__u64 g;    /* R14 */
+	__u64 m;    /* g.m */
+	__u64 g0;   /* m.g0 */
+	__u64 curg; /* m.curg */
+	__u64 p;    /* m.p */
+	__s64 mid;  /* m.id, -1 without an M */
+	__u32 tid;
+};
+
+#define M_WORDS 32 /* m_span is at most M_WORDS*8 bytes */
+
+static __always_inline void locate(struct pt_regs *ctx, struct here *h, __u32 tid)
+{
+	h->g = GO_G(ctx);
+	h->m = rd64(h->g, off_g_m);
+	h->tid = tid;
+	if (m_span) {
+		/* One read for the four fields (a helper call is the cost). */
+		__u64 buf[M_WORDS];
+		__u32 size = m_span;
+		if (size > M_WORDS * 8)
+			size = M_WORDS * 8;
+		if (size < 8)
+			size = 8;
+		/* Called even for a nil m: a failed read zeroes buf. */
+		if (bpf_probe_read_user(buf, size, (void *)h->m) < 0 && h->m)
+			count(CNT_READ_ERR);
+		h->g0 = buf[((__u64)off_m_g0 >> 3) & (M_WORDS - 1)];
+		h->curg = buf[((__u64)off_m_curg >> 3) & (M_WORDS - 1)];
+		h->p = buf[((__u64)off_m_p >> 3) & (M_WORDS - 1)];
+		h->mid = h->m ? (__s64)buf[((__u64)off_m_id >> 3) & (M_WORDS - 1)] : -1;
+	} else {
+		h->g0 = rd64(h->m, off_m_g0);
+		h->curg = rd64(h->m, off_m_curg);
+		h->p = rd64(h->m, off_m_p);
+		h->mid = h->m ? (__s64)rd64(h->m, off_m_id) : -1;
+	}
+}
+
+/* user_g returns the user goroutine on whose behalf the M runs: the current
+ * g when it is not g0, else m.curg (0 when none). */
+static __always_inline __u64 user_g(struct here *h)
+{
+	if (h->g && h->g != h->g0)
+		return h->g;
+	return h->curg;
+}
+
+static __always_inline void fill(struct gmp_event *e, struct here *h, __u16 kind)
+{
+	e->ts = bpf_ktime_get_ns();
+	e->goid = 0;
+	e->aux = 0;
+	e->pc = 0;
+	e->pc2 = 0;
+	e->tid = h->tid;
+	e->stack_id = GMP_NO_STACK;
+	e->kind = kind;
+	e->reason = 0;
+	e->flags = (h->g && h->g == h->g0) ? GMP_FLAG_FROM_G0 : 0;
+	e->mid = h->mid;
+	e->pid = h->p ? (__s32)rd32(h->p, off_p_id) : -1;
+}
+
+static __always_inline struct gmp_event *reserve(void)
+{
+	struct gmp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e)
+		count(CNT_LOST);
+	return e;
+}
+
+static __always_inline void submit(struct gmp_event *e)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
+/* refire reports whether this hit is one of the two hits of a call that
+ * re-enters through morestack, and must not be counted.
+ *
+ * On the stack check's JBE the flags of the CMP are live: the branch is taken
+ * (CF or ZF set) exactly when the call will grow its stack and come back, so
+ * this hit is dropped and the re-entry counted. Elsewhere, a per-thread record
+ * of the last (program, g, args) drops the second hit; execute clears it, as
+ * a new call on the thread can only follow a reschedule. */
+static __always_inline int refire(struct pt_regs *ctx, __u64 cookie, __u32 prog,
+				  __u32 tid, __u64 g, __u64 a0, __u64 a1)
+{
+	if (!(cookie & COOKIE_REFIRES))
+		return 0;
+	if (cookie & COOKIE_AT_JCC) {
+		if (GO_FLAGS(ctx) & (X86_CF | X86_ZF)) {
+			count(CNT_REFIRE);
+			return 1;
+		}
+		return 0;
+	}
+	struct last_call *l = bpf_map_lookup_elem(&last_calls, &tid);
+	if (l && l->prog == prog && l->g == g && l->a0 == a0 && l->a1 == a1) {
+		bpf_map_delete_elem(&last_calls, &tid);
+		count(CNT_REFIRE);
+		return 1;
+	}
+	struct last_call n = {.prog = prog, .g = g, .a0 = a0, .a1 = a1};
+	bpf_map_update_elem(&last_calls, &tid, &n, BPF_ANY);
+	return 0;
+}
+
+/* runtime.schedule(): the M enters the scheduler (on g0). */
+SEC("uprobe")
+int schedule(struct pt_regs *ctx)
+{
+	struct here h;
+	struct gmp_event *e;
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_SCHEDULE);
+	locate(ctx, &h, tid);
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_SCHEDULE, tid, h.g, 0, 0))
+		return 0;
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, GMP_SCHEDULE);
+	e->goid = rd64(h.curg, off_g_goid);
+	submit(e);
+	return 0;
+}
+
+/* runtime.execute(gp AX, inheritTime BL): gp starts running (on g0). */
+SEC("uprobe")
+int execute(struct pt_regs *ctx)
+{
+	struct here h;
+	struct gmp_event *e;
+	__u64 gp = GO_ARG1(ctx);
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_EXECUTE);
+	if (dedup_by_map)
+		bpf_map_delete_elem(&last_calls, &tid);
+	locate(ctx, &h, tid);
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_EXECUTE, tid, h.g, gp, 0))
+		return 0;
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, GMP_GO_START);
+	e->goid = rd64(gp, off_g_goid);
+	submit(e);
+	return 0;
+}
+
+/* runtime.gopark(unlockf AX, lock BX, reason CL, ...) on the parking G. */
+SEC("uprobe")
+int gopark(struct pt_regs *ctx)
+{
+	struct here h;
+	struct gmp_event *e;
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_GOPARK);
+	locate(ctx, &h, tid);
+	if (refire(ctx, cookie, PROG_GOPARK, tid, h.g, GO_ARG2(ctx), GO_ARG3(ctx)))
+		return 0;
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, GMP_GO_PARK);
+	e->goid = rd64(h.g, off_g_goid);
+	e->reason = (__u8)GO_ARG3(ctx);
+	e->pc = rd64(GO_SP(ctx), (cookie & COOKIE_FRAME_PUSHED) ? 8 : 0);
+	submit(e);
+	return 0;
+}
+
+/* runtime.ready(gp AX, traceskip BX, next CL): gp becomes runnable. */
+SEC("uprobe")
+int ready(struct pt_regs *ctx)
+{
+	struct here h;
+	struct gmp_event *e;
+	__u64 gp = GO_ARG1(ctx);
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_READY);
+	locate(ctx, &h, tid);
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_READY, tid, h.g, gp, 0))
+		return 0;
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, GMP_GO_UNPARK);
+	e->goid = rd64(gp, off_g_goid);
+	e->aux = rd64(user_g(&h), off_g_goid);
+	submit(e);
+	return 0;
+}
+
+/* runtime.goschedImpl(gp AX, preempted BL) on g0: gp yields. */
+SEC("uprobe")
+int goschedImpl(struct pt_regs *ctx)
+{
+	struct here h;
+	struct gmp_event *e;
+	__u64 gp = GO_ARG1(ctx);
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_GOSCHED_IMPL);
+	locate(ctx, &h, tid);
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_GOSCHED_IMPL, tid, h.g, gp, 0))
+		return 0;
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, GMP_GO_SCHED);
+	e->goid = rd64(gp, off_g_goid);
+	if (gosched_has_preempted)
+		e->reason = (__u8)GO_ARG2(ctx) & 1;
+	submit(e);
+	return 0;
+}
+
+/* runtime.goexit0(gp AX) on g0: gp's life ends. */
+SEC("uprobe")
+int goexit0(struct pt_regs *ctx)
+{
+	struct here h;
+	struct gmp_event *e;
+	__u64 gp = GO_ARG1(ctx);
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_GOEXIT0);
+	locate(ctx, &h, tid);
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_GOEXIT0, tid, h.g, gp, 0))
+		return 0;
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, GMP_GO_EXIT);
+	e->goid = rd64(gp, off_g_goid);
+	e->pc = rd64(gp, off_g_gopc);
+	e->pc2 = rd64(gp, off_g_startpc);
+	submit(e);
+	return 0;
+}
+
+static __always_inline int go_create(struct pt_regs *ctx, __u32 prog, __u64 newg, int check_parked)
+{
+	struct here h;
+	struct gmp_event *e;
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(prog);
+	locate(ctx, &h, tid);
+	if (refire(ctx, bpf_get_attach_cookie(ctx), prog, tid, h.g, newg, 0))
+		return 0;
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, GMP_GO_CREATE);
+	e->goid = rd64(newg, off_g_goid);
+	e->aux = rd64(user_g(&h), off_g_goid);
+	e->pc = rd64(newg, off_g_gopc);
+	e->pc2 = rd64(newg, off_g_startpc);
+	if (check_parked && (rd32(newg, off_g_status) & ~0x1000u) == 4)
+		e->flags |= GMP_FLAG_PARKED;
+	submit(e);
+	return 0;
+}
+
+/* The CALL runtime.runqput in runtime.newproc.func1 (on g0): runqput(pp AX,
+ * newg BX, next CL). The parent is the G that ran the go statement,
+ * g0.m.curg. */
+SEC("uprobe")
+int newproc_runqput(struct pt_regs *ctx)
+{
+	return go_create(ctx, PROG_NEWPROC_RUNQPUT, GO_ARG2(ctx), 0);
+}
+
+/* A RET of runtime.newproc1: the new g in AX. */
+SEC("uprobe")
+int newproc1_ret(struct pt_regs *ctx)
+{
+	return go_create(ctx, PROG_NEWPROC1_RET, GO_ARG1(ctx), 1);
+}
+
+/* runtime.newm(fn AX, pp BX, id CX): a new M (thread) is started. */
+SEC("uprobe")
+int newm(struct pt_regs *ctx)
+{
+	struct here h;
+	struct gmp_event *e;
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_NEWM);
+	locate(ctx, &h, tid);
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_NEWM, tid, h.g, GO_ARG1(ctx), GO_ARG3(ctx)))
+		return 0;
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, GMP_THREAD_CREATE);
+	e->goid = rd64(user_g(&h), off_g_goid);
+	e->aux = GO_ARG3(ctx);
+	submit(e);
+	return 0;
+}
+
+struct inject_ctx {
+	struct gmp_event tmpl;
+	__u64 gp;
+};
+
+static long inject_one(__u64 i, void *data)
+{
+	struct inject_ctx *c = data;
+	struct gmp_event *e;
+
+	if (!c->gp)
+		return 1;
+	e = reserve();
+	if (e) {
+		*e = c->tmpl;
+		e->ts = bpf_ktime_get_ns();
+		e->goid = rd64(c->gp, off_g_goid);
+		submit(e);
+	}
+	c->gp = rd64(c->gp, off_g_schedlink);
+	return 0;
+}
+
+/* runtime.injectglist(glist *gList AX): every G on the list (head, then
+ * through g.schedlink) becomes runnable. */
+SEC("uprobe")
+int injectglist(struct pt_regs *ctx)
+{
+	struct here h;
+	struct inject_ctx c;
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_INJECTGLIST);
+	locate(ctx, &h, tid);
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_INJECTGLIST, tid, h.g, GO_ARG1(ctx), 0))
+		return 0;
+	c.gp = rd64(GO_ARG1(ctx), off_glist_head);
+	if (!c.gp)
+		return 0;
+	fill(&c.tmpl, &h, GMP_GO_UNPARK);
+	c.tmpl.aux = rd64(user_g(&h), off_g_goid);
+	bpf_loop(inject_max, inject_one, &c, 0);
+	if (c.gp)
+		count(CNT_TRUNCATED);
+	return 0;
+}
+
+/* runtime.casgstatus(gp AX, old BX, new CX): every status change (opt-in). */
+SEC("uprobe")
+int casgstatus(struct pt_regs *ctx)
+{
+	struct here h;
+	struct gmp_event *e;
+	__u64 gp = GO_ARG1(ctx);
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_CASGSTATUS);
+	locate(ctx, &h, tid);
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_CASGSTATUS, tid, h.g, gp, GO_ARG3(ctx)))
+		return 0;
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, GMP_STATUS);
+	e->goid = rd64(gp, off_g_goid);
+	e->aux = (__u32)GO_ARG2(ctx);
+	e->reason = (__u8)GO_ARG3(ctx);
+	submit(e);
+	return 0;
+}

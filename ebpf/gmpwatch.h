@@ -1,0 +1,102 @@
+/* gmpwatch.h: shared definitions of gmpwatch's BPF programs.
+ *
+ * struct gmp_event mirrors analysis/event.Event byte for byte (64 bytes,
+ * little endian); the Go side checks the size at generation time through
+ * bpf2go's -type output and in the package tests.
+ */
+#ifndef GMPWATCH_H
+#define GMPWATCH_H
+
+#include <linux/types.h>
+
+/* Event kinds: analysis/event.Kind. Append, never renumber. */
+enum gmp_kind {
+	GMP_INVALID = 0,
+	GMP_GO_CREATE = 1,
+	GMP_GO_START = 2,
+	GMP_GO_PARK = 3,
+	GMP_GO_UNPARK = 4,
+	GMP_GO_SCHED = 5,
+	GMP_GO_EXIT = 6,
+	GMP_SCHEDULE = 7,
+	GMP_THREAD_CREATE = 8,
+	GMP_SYSCALL_ENTER = 9,
+	GMP_SYSCALL_EXIT = 10,
+	GMP_STATUS = 11,
+	GMP_ALLOC = 12,
+};
+
+/* Event flags: analysis/event.Flag*. */
+#define GMP_FLAG_PARKED 0x01
+#define GMP_FLAG_FROM_G0 0x02
+
+#define GMP_NO_STACK (-1)
+
+struct gmp_event {
+	__u64 ts;       /*  0: CLOCK_MONOTONIC ns */
+	__u64 goid;     /*  8: subject goroutine */
+	__u64 aux;      /* 16: kind-specific */
+	__u64 pc;       /* 24: kind-specific */
+	__u64 pc2;      /* 32: kind-specific */
+	__s64 mid;      /* 40: m.id, -1 unknown */
+	__u32 tid;      /* 48: kernel thread id */
+	__s32 pid;      /* 52: p.id, -1 when the M holds no P */
+	__s32 stack_id; /* 56: GMP_NO_STACK */
+	__u16 kind;     /* 60 */
+	__u8 reason;    /* 62 */
+	__u8 flags;     /* 63 */
+};
+
+_Static_assert(sizeof(struct gmp_event) == 64, "gmp_event must be 64 bytes");
+
+/* Program ids: index of the per-program hit counters. The Go loader has the
+ * same table (programIDs in ebpf.go). */
+enum gmp_prog {
+	PROG_SCHEDULE = 0,
+	PROG_EXECUTE,
+	PROG_GOPARK,
+	PROG_READY,
+	PROG_GOSCHED_IMPL,
+	PROG_GOEXIT0,
+	PROG_NEWPROC_RUNQPUT,
+	PROG_NEWPROC1_RET,
+	PROG_NEWM,
+	PROG_INJECTGLIST,
+	PROG_CASGSTATUS,
+	PROG_COUNT,
+};
+
+/* Indexes of the per-CPU counters array. */
+enum gmp_counter {
+	CNT_LOST = 0,       /* ring buffer reservation failed: event lost */
+	CNT_REFIRE,         /* morestack re-entry suppressed (not an event) */
+	CNT_TRUNCATED,      /* injectglist list longer than the walk bound */
+	CNT_READ_ERR,       /* a read of the target's memory failed */
+	CNT_COUNT,
+};
+
+/* Attach cookie bits, set per probe by the loader. */
+#define COOKIE_FRAME_PUSHED 0x1 /* return address at 8(SP), not 0(SP) */
+#define COOKIE_REFIRES 0x2      /* before the stack check's branch */
+#define COOKIE_AT_JCC 0x4       /* probe sits on the stack check's JBE */
+
+/* x86 EFLAGS bits. */
+#define X86_CF 0x0001
+#define X86_ZF 0x0040
+
+/* Go amd64 ABIInternal: integer arguments in AX, BX, CX, DI, SI, R8..R11;
+ * the current g in R14. ctx is the uapi struct pt_regs. */
+#define GO_ARG1(ctx) ((ctx)->rax)
+#define GO_ARG2(ctx) ((ctx)->rbx)
+#define GO_ARG3(ctx) ((ctx)->rcx)
+#define GO_ARG4(ctx) ((ctx)->rdi)
+#define GO_ARG5(ctx) ((ctx)->rsi)
+#define GO_ARG6(ctx) ((ctx)->r8)
+#define GO_ARG7(ctx) ((ctx)->r9)
+#define GO_ARG8(ctx) ((ctx)->r10)
+#define GO_ARG9(ctx) ((ctx)->r11)
+#define GO_G(ctx) ((ctx)->r14)
+#define GO_SP(ctx) ((ctx)->rsp)
+#define GO_FLAGS(ctx) ((ctx)->eflags)
+
+#endif /* GMPWATCH_H */
