@@ -36,6 +36,9 @@ var functionSpecs = []struct {
 	{"runtime.exitsyscall", true},
 	{"runtime.mallocgc", true},
 	{"runtime.injectglist", false},
+	{"runtime.newproc", true},
+	{"runtime.chansend", true},
+	{"runtime.chanrecv", true},
 	{"runtime.gdestroy", false}, // go1.22+
 	{"runtime.runqput", false},
 	{"runtime.mProf_Malloc", false},
@@ -65,6 +68,11 @@ var probeSpecs = []struct {
 	{"newosproc", "runtime.newosproc", false},
 	{"mallocgc", "runtime.mallocgc", false},
 	{"mProf_Malloc", "runtime.mProf_Malloc", true},
+	// newproc runs on the goroutine that executes the go statement: the
+	// one place where its user stack (the creation stack) is at hand.
+	{"newproc", "runtime.newproc", false},
+	{"chansend", "runtime.chansend", false},
+	{"chanrecv", "runtime.chanrecv", false},
 	{"mheap_grow", "runtime.(*mheap).grow", true},
 	{"probe_points", patches.ProbeGoStatus, true},
 }
