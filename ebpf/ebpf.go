@@ -9,6 +9,11 @@
 // loader polls without per-event wakeups. Events the kernel could not queue
 // are counted, never silently dropped.
 //
+// Where a stack means something (a park, a go statement, a request for a
+// thread, a syscall entry, a sampled allocation) the programs also capture
+// the target's user stack by frame pointers into a stack map; events carry
+// its ID and Tracer.Stack reads it (see analysis/event for the semantics).
+//
 // The loader decodes events and does not interpret them: that is the job of
 // analysis/sched.
 package ebpf
@@ -18,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,12 +51,49 @@ var (
 	ErrUnknownProgram = errors.New("unknown program")
 )
 
-// DefaultPrograms are the programs attached when Options.Programs is nil.
-var DefaultPrograms = []string{"schedule", "execute", "gopark", "ready", "goschedImpl", "goexit0", "newproc_runqput", "newm", "injectglist"}
+// DefaultPrograms are the programs attached when Options.Programs is nil:
+// the scheduler's transitions and the cheap probes of the four paths, which
+// fire per goroutine created, per thread, per heap growth and per sampled
+// allocation (one per ~512 KiB allocated).
+//
+// Not in the default, because a program's own behaviour can make them fire
+// hundreds of thousands of times a second: "entersyscall" and "exitsyscall"
+// fire at every syscall of the syscall package, so at every read and write
+// of a file or network connection. The test targets make few (1 to 200 a
+// second: spawn 2/s, schedload 1/s, blockers 200/s), but a network server
+// makes one or two per request, and a syscall costs about 10us of BPF time
+// with its entry stack (9us entersyscall, 1us exitsyscall on the test
+// machine). "chansend" and "chanrecv" fire at every channel operation
+// (schedload: 28000/s), "mallocgc" at every allocation (spawn: 16000/s),
+// "casgstatus" at every status change.
+var DefaultPrograms = []string{"schedule", "execute", "gopark", "ready", "goschedImpl", "goexit0", "newproc_runqput", "newm", "injectglist",
+	"newproc", "newosproc", "mProf_Malloc", "mheap_grow"}
+
+// programs returns the programs Attach attaches for opts: opts.Programs, or
+// DefaultPrograms less those that only serve stacks when stacks are off.
+func (opts *Options) programs() []string {
+	if opts.Programs != nil {
+		return opts.Programs
+	}
+	if !opts.NoStacks {
+		return DefaultPrograms
+	}
+	// newproc only stashes the creation stack for the GoCreate that follows:
+	// without stacks it would cost a trap per go statement for nothing.
+	return slices.DeleteFunc(slices.Clone(DefaultPrograms), func(n string) bool { return n == "newproc" })
+}
+
+// AttachedPrograms returns the names of the programs Attach attaches for
+// opts (before dropping those whose probes the plan lacks).
+func AttachedPrograms(opts Options) []string { return opts.programs() }
 
 // Programs lists every program name the BPF object has, in the order of the
 // kernel's hit counters (enum gmp_prog in gmpwatch.h).
-var Programs = []string{"schedule", "execute", "gopark", "ready", "goschedImpl", "goexit0", "newproc_runqput", "newproc1_ret", "newm", "injectglist", "casgstatus"}
+var Programs = []string{"schedule", "execute", "gopark", "ready", "goschedImpl", "goexit0", "newproc_runqput", "newproc1_ret", "newm", "injectglist", "casgstatus",
+	"entersyscall", "exitsyscall", "mProf_Malloc", "mheap_grow", "newosproc", "mallocgc", "newproc", "chansend", "chanrecv"}
+
+// stackPrograms are the programs that capture a user stack (event StackID).
+var stackPrograms = map[string]bool{"gopark": true, "newproc": true, "newm": true, "entersyscall": true, "mProf_Malloc": true}
 
 // fallbacks names the program that stands in for another when the plan has
 // no probe for it.
@@ -76,7 +119,24 @@ type Options struct {
 	// RingBytes is the ring buffer size, rounded up to a power of two; 0
 	// means DefaultRingBytes.
 	RingBytes int
+	// StackEntries is the number of distinct user stacks the kernel can
+	// keep (hash buckets, each StackDepth frames); 0 means
+	// DefaultStackEntries. A stack whose bucket is taken is lost
+	// (Stats.StackLost): about n/(2*StackEntries) of n distinct stacks.
+	StackEntries int
+	// NoStacks turns user stack capture off: every event has NoStack.
+	// A stack costs the target several microseconds (a frame-pointer
+	// walk reading its memory), at each park, creation, new thread,
+	// syscall entry and sampled allocation.
+	NoStacks bool
 }
+
+// DefaultStackEntries is the default size of the stack map: 32768 stacks of
+// StackDepth frames, 16 MiB of kernel memory.
+const DefaultStackEntries = 1 << 15
+
+// StackDepth is the most frames a captured stack has (leaf first).
+const StackDepth = 64
 
 // Stats are the tracer's counters.
 type Stats struct {
@@ -89,11 +149,17 @@ type Stats struct {
 	// Refires counts hits suppressed because the call re-entered its
 	// function through morestack (the call is counted once).
 	Refires uint64
+	// RefiresBy is Refires per program (included in its Hits).
+	RefiresBy map[string]uint64
 	// Truncated counts injectglist walks cut at the walk bound: the Gs past
 	// the bound got no GoUnpark event.
 	Truncated uint64
 	// ReadErrors counts failed reads of the target's memory (fields then 0).
 	ReadErrors uint64
+	// StackLost counts user stacks the kernel did not store (a different
+	// stack held the hash bucket, or there was no user stack): those events
+	// have StackID NoStack.
+	StackLost uint64
 	// DecodeErrors counts ring buffer records that did not decode.
 	DecodeErrors uint64
 }
@@ -117,7 +183,24 @@ type Tracer struct {
 
 	mu    sync.Mutex
 	final *Stats // counters read just before the maps were closed
+
+	// User stacks read so far (ids are never reused: see Stack).
+	stackMu     sync.Mutex
+	stacks      map[int32][]uint64
+	stacksFinal bool // the map is closed: stacks holds all there were
+	// pushAt holds the runtime addresses of attached stack probes on a
+	// PUSHQ BP, where kernels from 6.12 add the caller to the stack;
+	// callerAdded says whether this kernel does (stackUnknown until the
+	// first such stack is seen).
+	pushAt      map[uint64]bool
+	callerAdded atomic.Int32
 }
+
+const (
+	stackUnknown int32 = iota
+	stackCallerAdded
+	stackCallerMissed
+)
 
 // offsetVars maps BPF const volatile variables to plan offset keys. Required
 // ones fail the attach when the plan lacks them; the others keep a default.
@@ -140,6 +223,8 @@ var offsetVars = []struct {
 	{"off_m_g0", "m.g0", false, 0}, // 0 in every release
 	{"off_m_procid", "m.procid", false, -1},
 	{"off_glist_head", "gList.head", false, 0}, // 0 in every release
+	{"off_m_oldp", "m.oldp", false, -1},
+	{"off_p_status", "p.status", false, -1},
 }
 
 // Attach loads the BPF programs with p's offsets and attaches one uprobe per
@@ -160,11 +245,8 @@ func Attach(p *plan.Plan, opts Options) (*Tracer, error) {
 	}
 
 	// Which probes, for which programs.
-	progs := opts.Programs
-	strict := progs != nil
-	if progs == nil {
-		progs = DefaultPrograms
-	}
+	progs := opts.programs()
+	strict := opts.Programs != nil
 	type want struct {
 		prog   string
 		probes []plan.Probe
@@ -199,7 +281,7 @@ func Attach(p *plan.Plan, opts Options) (*Tracer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load bpf spec: %w", err)
 	}
-	if err := setVariables(spec, p, pid, opts.RingBytes); err != nil {
+	if err := setVariables(spec, p, pid, opts.RingBytes, opts.StackEntries); err != nil {
 		return nil, err
 	}
 	dedupByMap := false
@@ -213,6 +295,9 @@ func Attach(p *plan.Plan, opts Options) (*Tracer, error) {
 	if err := setVar(spec, "dedup_by_map", boolByte(dedupByMap)); err != nil {
 		return nil, err
 	}
+	if err := setVar(spec, "capture_stacks", boolByte(!opts.NoStacks)); err != nil {
+		return nil, err
+	}
 	for name := range spec.Programs {
 		if !seen[name] {
 			delete(spec.Programs, name)
@@ -222,7 +307,8 @@ func Attach(p *plan.Plan, opts Options) (*Tracer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load bpf programs: %w", classify(err))
 	}
-	t := &Tracer{pid: pid, coll: coll, closing: make(chan struct{}), runDone: make(chan struct{})}
+	t := &Tracer{pid: pid, coll: coll, closing: make(chan struct{}), runDone: make(chan struct{}),
+		stacks: map[int32][]uint64{}, pushAt: map[uint64]bool{}}
 
 	ex, err := link.OpenExecutable(p.Path)
 	if err != nil {
@@ -247,7 +333,13 @@ func Attach(p *plan.Plan, opts Options) (*Tracer, error) {
 			}
 			t.links = append(t.links, l)
 			t.probes = append(t.probes, pr)
+			if stackPrograms[w.prog] && isPushBP(pr.Insn) {
+				t.pushAt[pr.Address+p.LoadBias] = true
+			}
 		}
+	}
+	if len(t.pushAt) == 0 {
+		t.callerAdded.Store(stackCallerMissed)
 	}
 	t.rd, err = ringbuf.NewReader(coll.Maps["events"])
 	if err != nil {
@@ -276,6 +368,12 @@ func atJcc(insn string) bool {
 		return true
 	}
 	return false
+}
+
+// isPushBP reports whether a probe instruction is the frame pointer push,
+// on which the kernel (6.12+) adds the caller's return address to the stack.
+func isPushBP(insn string) bool {
+	return strings.EqualFold(strings.Join(strings.Fields(insn), " "), "PUSHQ BP")
 }
 
 func cookie(pr plan.Probe) uint64 {
@@ -310,7 +408,7 @@ func setVar(spec *ebpf.CollectionSpec, name string, v any) error {
 	return nil
 }
 
-func setVariables(spec *ebpf.CollectionSpec, p *plan.Plan, pid, ringBytes int) error {
+func setVariables(spec *ebpf.CollectionSpec, p *plan.Plan, pid, ringBytes, stackEntries int) error {
 	for _, ov := range offsetVars {
 		v, ok := p.Offset(ov.key)
 		if !ok {
@@ -332,6 +430,25 @@ func setVariables(spec *ebpf.CollectionSpec, p *plan.Plan, pid, ringBytes int) e
 	if err := setVar(spec, "gosched_has_preempted", boolByte(goschedHasPreempted(p.GoVersion))); err != nil {
 		return err
 	}
+	minor, known := goMinor(p.GoVersion)
+	psyscall := ^uint32(0) // go1.26+: the P stays in m.p
+	if known && minor < 26 {
+		psyscall = 2 // _Psyscall, the P in m.oldp
+	}
+	if err := setVar(spec, "psyscall_status", psyscall); err != nil {
+		return err
+	}
+	sizeArg := uint8(3) // mProf_Malloc(mp, p, size): go1.23+
+	if known && minor < 23 {
+		sizeArg = 2 // mProf_Malloc(p, size)
+	}
+	if err := setVar(spec, "mprof_size_arg", sizeArg); err != nil {
+		return err
+	}
+	if stackEntries <= 0 {
+		stackEntries = DefaultStackEntries
+	}
+	spec.Maps["stacks"].MaxEntries = uint32(stackEntries)
 	size := ringSize(ringBytes)
 	spec.Maps["events"].MaxEntries = uint32(size)
 	// Wake the reader early when a quarter of the ring is waiting; below
@@ -437,6 +554,9 @@ func (t *Tracer) Run(ctx context.Context, fn func(ev *event.Event)) error {
 				continue
 			}
 			t.events.Add(1)
+			if ev.StackID != event.NoStack && t.callerAdded.Load() == stackUnknown {
+				t.learnCallerAdded(&ev)
+			}
 			fn(&ev)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 		case errors.Is(err, ringbuf.ErrFlushed), errors.Is(err, ringbuf.ErrClosed), errors.Is(err, os.ErrClosed):
@@ -466,6 +586,7 @@ func (t *Tracer) readStats() Stats {
 		DecodeErrors: t.decErrs.Load(),
 		Probes:       len(t.links),
 		Hits:         map[string]uint64{},
+		RefiresBy:    map[string]uint64{},
 	}
 	sum := func(m *ebpf.Map, key uint32) uint64 {
 		var vals []uint64
@@ -483,9 +604,13 @@ func (t *Tracer) readStats() Stats {
 	s.Refires = sum(c, 1)
 	s.Truncated = sum(c, 2)
 	s.ReadErrors = sum(c, 3)
+	s.StackLost = sum(c, 4)
 	for i, name := range Programs {
 		if n := sum(t.coll.Maps["hits"], uint32(i)); n > 0 {
 			s.Hits[name] = n
+		}
+		if n := sum(t.coll.Maps["hits"], uint32(len(Programs)+i)); n > 0 {
+			s.RefiresBy[name] = n
 		}
 	}
 	return s
@@ -525,9 +650,141 @@ func (t *Tracer) Close() error {
 		s.Probes = n
 		t.final = &s
 		t.mu.Unlock()
+		t.readAllStacks(true)
 		errs = append(errs, t.rd.Close())
 		t.coll.Close()
 		t.closeErr = errors.Join(errs...)
 	})
 	return t.closeErr
+}
+
+// ErrNoStack: no captured stack has the ID.
+var ErrNoStack = errors.New("no such stack")
+
+// Stack returns the user stack with the ID an event's StackID carries, leaf
+// first: frame 0 is the probed instruction (the function's entry, or its
+// probe point just after the stack check), the others are return addresses
+// (symbolize them at pc-1). The probed function's direct caller, which a
+// frame-pointer walk from a function's entry misses, is not in the stack:
+// it is the event's PC. (Kernels from 6.12 add it for probes on PUSHQ BP;
+// Stack removes it there, so stacks are the same on every kernel.)
+//
+// IDs are never reused within a tracer (a stack whose hash bucket is taken
+// is dropped and counted in Stats.StackLost instead), so stacks are cached;
+// Close reads every stack first, so Stack works after Close too.
+func (t *Tracer) Stack(id int32) ([]uint64, error) {
+	if id < 0 {
+		return nil, fmt.Errorf("stack %d: %w", id, ErrNoStack)
+	}
+	t.stackMu.Lock()
+	defer t.stackMu.Unlock()
+	if st, ok := t.stacks[id]; ok {
+		return st, nil
+	}
+	raw, err := t.lookupStack(id)
+	if err != nil {
+		return nil, err
+	}
+	st := t.normalize(raw)
+	if t.callerAdded.Load() != stackUnknown || len(t.pushAt) == 0 || !t.pushAt[raw[0]] {
+		t.stacks[id] = st
+	}
+	return st, nil
+}
+
+// Stacks returns every stack read so far, by ID (see Stack). The map is the
+// caller's.
+func (t *Tracer) Stacks() map[int32][]uint64 {
+	t.readAllStacks(false)
+	t.stackMu.Lock()
+	defer t.stackMu.Unlock()
+	out := make(map[int32][]uint64, len(t.stacks))
+	for id, st := range t.stacks {
+		out[id] = st
+	}
+	return out
+}
+
+// lookupStack reads a stack from the kernel's map, without its zero padding.
+func (t *Tracer) lookupStack(id int32) ([]uint64, error) {
+	if t.stacksFinal {
+		return nil, fmt.Errorf("stack %d: %w", id, ErrNoStack)
+	}
+	m := t.coll.Maps["stacks"]
+	var frames [StackDepth]uint64
+	if err := m.Lookup(uint32(id), &frames); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil, fmt.Errorf("stack %d: %w", id, ErrNoStack)
+		}
+		return nil, fmt.Errorf("stack %d: %w", id, err)
+	}
+	n := 0
+	for n < len(frames) && frames[n] != 0 {
+		n++
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("stack %d: %w", id, ErrNoStack)
+	}
+	return append([]uint64(nil), frames[:n]...), nil
+}
+
+// normalize drops the caller the kernel added after frame 0 (stackCallerAdded
+// and a probe on PUSHQ BP).
+func (t *Tracer) normalize(raw []uint64) []uint64 {
+	if len(raw) > 1 && t.pushAt[raw[0]] && t.callerAdded.Load() == stackCallerAdded {
+		return append(raw[:1:1], raw[2:]...)
+	}
+	return raw
+}
+
+// learnCallerAdded tells, from the first stack taken on a PUSHQ BP probe,
+// whether the kernel put the caller (the event's PC) in the stack.
+func (t *Tracer) learnCallerAdded(ev *event.Event) {
+	if ev.PC == 0 {
+		return
+	}
+	t.stackMu.Lock()
+	defer t.stackMu.Unlock()
+	raw, err := t.lookupStack(ev.StackID)
+	if err != nil || !t.pushAt[raw[0]] {
+		return
+	}
+	if len(raw) > 1 && raw[1] == ev.PC {
+		t.callerAdded.Store(stackCallerAdded)
+	} else {
+		t.callerAdded.Store(stackCallerMissed)
+	}
+	// Stacks cached before the kernel's behaviour was known were not
+	// taken on a PUSHQ BP probe (see Stack), so they stay valid.
+}
+
+// readAllStacks caches every stack in the kernel's map; with final (Close,
+// before it frees the map) for good.
+func (t *Tracer) readAllStacks(final bool) {
+	t.stackMu.Lock()
+	defer t.stackMu.Unlock()
+	if t.stacksFinal {
+		return
+	}
+	t.stacksFinal = final
+	m := t.coll.Maps["stacks"]
+	if m == nil {
+		return
+	}
+	unknown := t.callerAdded.Load() == stackUnknown
+	var id uint32
+	var frames [StackDepth]uint64
+	it := m.Iterate()
+	for it.Next(&id, &frames) {
+		if _, ok := t.stacks[int32(id)]; ok || unknown && !final && t.pushAt[frames[0]] {
+			continue
+		}
+		n := 0
+		for n < len(frames) && frames[n] != 0 {
+			n++
+		}
+		if n > 0 {
+			t.stacks[int32(id)] = t.normalize(append([]uint64(nil), frames[:n]...))
+		}
+	}
 }

@@ -37,6 +37,17 @@ const volatile __s64 off_m_curg = 184;
 const volatile __s64 off_m_p = 208;
 const volatile __s64 off_p_id = 0;
 const volatile __s64 off_glist_head = 0;
+const volatile __s64 off_m_oldp = -1;
+const volatile __s64 off_p_status = -1;
+
+/* Before go1.26 an M in a syscall keeps its P in m.oldp with the P in
+ * _Psyscall (2) until sysmon retakes it; 1.26 leaves it in m.p. ~0: unused. */
+const volatile __u32 psyscall_status = ~0u;
+/* Argument register of mProf_Malloc's size: 2 (BX) for mProf_Malloc(p, size)
+ * before go1.23, 3 (CX) for mProf_Malloc(mp, p, size). */
+const volatile __u8 mprof_size_arg = 3;
+/* Capture user stacks (about 8us a stack on the test machine). */
+const volatile __u8 capture_stacks = 1;
 
 /* Bytes of runtime.m read at once from its start, covering m.g0, m.curg,
  * m.p and m.id (the loader sets it; 0 reads the fields one by one). */
@@ -63,9 +74,11 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* Per program: hits at [prog], suppressed morestack re-entries at
+ * [PROG_COUNT + prog]. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PROG_COUNT);
+	__uint(max_entries, 2 * PROG_COUNT);
 	__type(key, __u32);
 	__type(value, __u64);
 } hits SEC(".maps");
@@ -76,6 +89,8 @@ struct last_call {
 	__u64 g;
 	__u64 a0;
 	__u64 a1;
+	__u64 hi;    /* g.stack.hi at the hit */
+	__u64 depth; /* g.stack.hi - SP */
 };
 
 struct {
@@ -84,6 +99,31 @@ struct {
 	__type(key, __u32);
 	__type(value, struct last_call);
 } last_calls SEC(".maps");
+
+/* User stacks, by the id that events carry in stack_id. Without
+ * BPF_F_REUSE_STACKID an id, once given, keeps its stack: a different stack
+ * hashing to a taken bucket is lost (counted) instead. */
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 1 << 15); /* resized by the loader */
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, GMP_STACK_DEPTH * sizeof(__u64));
+} stacks SEC(".maps");
+
+/* The creation stack taken at runtime.newproc's entry on the user G, kept per
+ * thread for the GoCreate that newproc's systemstack part emits next on g0. */
+struct creation {
+	__u64 g;  /* the G that ran the go statement */
+	__u64 pc; /* its return address from newproc: the new G's gopc */
+	__s64 stack_id;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct creation);
+} creations SEC(".maps");
 
 /* Keeps struct gmp_event in the BTF for bpf2go -type (checked in tests). */
 struct gmp_event *unused_gmp_event __attribute__((unused));
@@ -100,6 +140,12 @@ static __always_inline void hit(__u32 prog)
 	__u64 *v = bpf_map_lookup_elem(&hits, &prog);
 	if (v)
 		*v += 1;
+}
+
+static __always_inline void count_refire(__u32 prog)
+{
+	count(CNT_REFIRE);
+	hit(PROG_COUNT + prog);
 }
 
 static __always_inline __u64 rd64(__u64 base, __s64 off)
@@ -129,6 +175,27 @@ static __always_inline __u32 in_target(void)
 	if ((__u32)(id >> 32) != target_tgid)
 		return 0;
 	return (__u32)id;
+}
+
+/* user_stack captures the user stack by frame pointers (from regs->bp) and
+ * returns its id, or GMP_NO_STACK (counted) when the kernel gave none. */
+static __always_inline __s32 user_stack(struct pt_regs *ctx)
+{
+	long id;
+	if (!capture_stacks)
+		return GMP_NO_STACK;
+	id = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
+	if (id < 0) {
+		count(CNT_STACK_LOST);
+		return GMP_NO_STACK;
+	}
+	return (__s32)id;
+}
+
+/* caller_pc is the return address of the probed function (probe at entry). */
+static __always_inline __u64 caller_pc(struct pt_regs *ctx, __u64 cookie)
+{
+	return rd64(GO_SP(ctx), (cookie & COOKIE_FRAME_PUSHED) ? 8 : 0);
 }
 
 /* Where the probe fired: the current g, its M and that M's fields. */
@@ -219,8 +286,11 @@ static __always_inline void submit(struct gmp_event *e)
  * On the stack check's JBE the flags of the CMP are live: the branch is taken
  * (CF or ZF set) exactly when the call will grow its stack and come back, so
  * this hit is dropped and the re-entry counted. Elsewhere, a per-thread record
- * of the last (program, g, args) drops the second hit; execute clears it, as
- * a new call on the thread can only follow a reschedule. */
+ * of the last (program, g, args, stack) drops the second hit: the same call
+ * arguments at the same depth from the top of a stack that moved (morestack
+ * copied it) in between; execute clears it. Both hits of a re-entered call
+ * are counted for the program (hits) and the second as a refire (refires),
+ * the first hit's event having been sent. */
 static __always_inline int refire(struct pt_regs *ctx, __u64 cookie, __u32 prog,
 				  __u32 tid, __u64 g, __u64 a0, __u64 a1)
 {
@@ -228,18 +298,21 @@ static __always_inline int refire(struct pt_regs *ctx, __u64 cookie, __u32 prog,
 		return 0;
 	if (cookie & COOKIE_AT_JCC) {
 		if (GO_FLAGS(ctx) & (X86_CF | X86_ZF)) {
-			count(CNT_REFIRE);
+			count_refire(prog);
 			return 1;
 		}
 		return 0;
 	}
+	__u64 hi = rd64(g, 8); /* g.stack.hi: g.stack is g's first field */
+	__u64 depth = hi - GO_SP(ctx);
 	struct last_call *l = bpf_map_lookup_elem(&last_calls, &tid);
-	if (l && l->prog == prog && l->g == g && l->a0 == a0 && l->a1 == a1) {
+	if (l && l->prog == prog && l->g == g && l->a0 == a0 && l->a1 == a1 &&
+	    l->hi != hi && l->depth == depth) {
 		bpf_map_delete_elem(&last_calls, &tid);
-		count(CNT_REFIRE);
+		count_refire(prog);
 		return 1;
 	}
-	struct last_call n = {.prog = prog, .g = g, .a0 = a0, .a1 = a1};
+	struct last_call n = {.prog = prog, .g = g, .a0 = a0, .a1 = a1, .hi = hi, .depth = depth};
 	bpf_map_update_elem(&last_calls, &tid, &n, BPF_ANY);
 	return 0;
 }
@@ -297,6 +370,7 @@ int gopark(struct pt_regs *ctx)
 {
 	struct here h;
 	struct gmp_event *e;
+	__s32 stack;
 	__u64 cookie = bpf_get_attach_cookie(ctx);
 	__u32 tid = in_target();
 	if (!tid)
@@ -305,13 +379,15 @@ int gopark(struct pt_regs *ctx)
 	locate(ctx, &h, tid);
 	if (refire(ctx, cookie, PROG_GOPARK, tid, h.g, GO_ARG2(ctx), GO_ARG3(ctx)))
 		return 0;
+	stack = user_stack(ctx);
 	e = reserve();
 	if (!e)
 		return 0;
 	fill(e, &h, GMP_GO_PARK);
 	e->goid = rd64(h.g, off_g_goid);
 	e->reason = (__u8)GO_ARG3(ctx);
-	e->pc = rd64(GO_SP(ctx), (cookie & COOKIE_FRAME_PUSHED) ? 8 : 0);
+	e->pc = caller_pc(ctx, cookie);
+	e->stack_id = stack;
 	submit(e);
 	return 0;
 }
@@ -394,6 +470,8 @@ static __always_inline int go_create(struct pt_regs *ctx, __u32 prog, __u64 newg
 {
 	struct here h;
 	struct gmp_event *e;
+	struct creation *c;
+	__u64 parent;
 	__u32 tid = in_target();
 	if (!tid)
 		return 0;
@@ -405,12 +483,17 @@ static __always_inline int go_create(struct pt_regs *ctx, __u32 prog, __u64 newg
 	if (!e)
 		return 0;
 	fill(e, &h, GMP_GO_CREATE);
+	parent = user_g(&h);
 	e->goid = rd64(newg, off_g_goid);
-	e->aux = rd64(user_g(&h), off_g_goid);
+	e->aux = rd64(parent, off_g_goid);
 	e->pc = rd64(newg, off_g_gopc);
 	e->pc2 = rd64(newg, off_g_startpc);
 	if (check_parked && (rd32(newg, off_g_status) & ~0x1000u) == 4)
 		e->flags |= GMP_FLAG_PARKED;
+	/* The stack newproc stashed, if this creation is that go statement's. */
+	c = bpf_map_lookup_elem(&creations, &tid);
+	if (c && c->g == parent && c->pc == e->pc)
+		e->stack_id = (__s32)c->stack_id;
 	submit(e);
 	return 0;
 }
@@ -437,19 +520,24 @@ int newm(struct pt_regs *ctx)
 {
 	struct here h;
 	struct gmp_event *e;
+	__s32 stack;
+	__u64 cookie = bpf_get_attach_cookie(ctx);
 	__u32 tid = in_target();
 	if (!tid)
 		return 0;
 	hit(PROG_NEWM);
 	locate(ctx, &h, tid);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_NEWM, tid, h.g, GO_ARG1(ctx), GO_ARG3(ctx)))
+	if (refire(ctx, cookie, PROG_NEWM, tid, h.g, GO_ARG1(ctx), GO_ARG3(ctx)))
 		return 0;
+	stack = user_stack(ctx);
 	e = reserve();
 	if (!e)
 		return 0;
 	fill(e, &h, GMP_THREAD_CREATE);
 	e->goid = rd64(user_g(&h), off_g_goid);
 	e->aux = GO_ARG3(ctx);
+	e->pc = caller_pc(ctx, cookie);
+	e->stack_id = stack;
 	submit(e);
 	return 0;
 }
@@ -523,6 +611,236 @@ int casgstatus(struct pt_regs *ctx)
 	e->goid = rd64(gp, off_g_goid);
 	e->aux = (__u32)GO_ARG2(ctx);
 	e->reason = (__u8)GO_ARG3(ctx);
+	submit(e);
+	return 0;
+}
+
+/* runtime.newproc(fn AX) on the G that runs the go statement: no event; the
+ * creation stack is stashed for the GoCreate that follows on this thread. */
+SEC("uprobe")
+int newproc(struct pt_regs *ctx)
+{
+	struct creation c;
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_NEWPROC);
+	if (refire(ctx, cookie, PROG_NEWPROC, tid, GO_G(ctx), GO_ARG1(ctx), 0))
+		return 0;
+	c.g = GO_G(ctx);
+	c.pc = caller_pc(ctx, cookie);
+	c.stack_id = user_stack(ctx);
+	bpf_map_update_elem(&creations, &tid, &c, BPF_ANY);
+	return 0;
+}
+
+/* runtime.entersyscall() on the G entering the syscall (nosplit, offset 0). */
+SEC("uprobe")
+int entersyscall(struct pt_regs *ctx)
+{
+	struct here h;
+	struct gmp_event *e;
+	__s32 stack;
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_ENTERSYSCALL);
+	locate(ctx, &h, tid);
+	if (refire(ctx, cookie, PROG_ENTERSYSCALL, tid, h.g, GO_SP(ctx), 0))
+		return 0;
+	stack = user_stack(ctx);
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, GMP_SYSCALL_ENTER);
+	e->goid = rd64(h.g, off_g_goid);
+	e->pc = caller_pc(ctx, cookie);
+	e->stack_id = stack;
+	submit(e);
+	return 0;
+}
+
+/* runtime.exitsyscall() on the G leaving the syscall (nosplit, offset 0).
+ * PID is the P the M still holds (m.p; before go1.26 m.oldp while it is in
+ * _Psyscall); Reason 1 when it holds none: the P was handed off. */
+SEC("uprobe")
+int exitsyscall(struct pt_regs *ctx)
+{
+	struct here h;
+	struct gmp_event *e;
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u64 p;
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_EXITSYSCALL);
+	locate(ctx, &h, tid);
+	if (refire(ctx, cookie, PROG_EXITSYSCALL, tid, h.g, GO_SP(ctx), 0))
+		return 0;
+	p = h.p;
+	if (!p && psyscall_status != ~0u) {
+		__u64 oldp = rd64(h.m, off_m_oldp);
+		if (oldp && rd32(oldp, off_p_status) == psyscall_status)
+			p = oldp;
+	}
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, GMP_SYSCALL_EXIT);
+	e->goid = rd64(h.g, off_g_goid);
+	e->pc = caller_pc(ctx, cookie);
+	if (p) {
+		if (p != h.p)
+			e->pid = (__s32)rd32(p, off_p_id);
+	} else {
+		e->reason = 1;
+	}
+	submit(e);
+	return 0;
+}
+
+/* runtime.mProf_Malloc([mp AX,] p, size): a sampled allocation. */
+SEC("uprobe")
+int mProf_Malloc(struct pt_regs *ctx)
+{
+	struct here h;
+	struct gmp_event *e;
+	__s32 stack;
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	/* Both registers read, then chosen: the verifier refuses a load
+	 * through a computed ctx offset. */
+	__u64 bx = GO_ARG2(ctx), cx = GO_ARG3(ctx);
+	__u64 size;
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_MPROF_MALLOC);
+	asm volatile("" : "+r"(bx), "+r"(cx));
+	size = mprof_size_arg == 2 ? bx : cx;
+	locate(ctx, &h, tid);
+	if (refire(ctx, cookie, PROG_MPROF_MALLOC, tid, h.g, size, GO_ARG1(ctx)))
+		return 0;
+	stack = user_stack(ctx);
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, GMP_ALLOC);
+	e->goid = rd64(user_g(&h), off_g_goid);
+	e->aux = size;
+	e->pc = caller_pc(ctx, cookie);
+	e->stack_id = stack;
+	submit(e);
+	return 0;
+}
+
+/* runtime.(*mheap).grow(h AX, npage BX): the heap asks the OS for more. */
+SEC("uprobe")
+int mheap_grow(struct pt_regs *ctx)
+{
+	struct here h;
+	struct gmp_event *e;
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_MHEAP_GROW);
+	locate(ctx, &h, tid);
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_MHEAP_GROW, tid, h.g, GO_ARG2(ctx), 0))
+		return 0;
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, GMP_HEAP_GROW);
+	e->goid = rd64(user_g(&h), off_g_goid);
+	e->aux = GO_ARG2(ctx) * 8192; /* runtime pageSize */
+	submit(e);
+	return 0;
+}
+
+/* runtime.newosproc(mp AX): the clone of mp's thread. */
+SEC("uprobe")
+int newosproc(struct pt_regs *ctx)
+{
+	struct here h;
+	struct gmp_event *e;
+	__u64 mp = GO_ARG1(ctx);
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_NEWOSPROC);
+	locate(ctx, &h, tid);
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_NEWOSPROC, tid, h.g, mp, 0))
+		return 0;
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, GMP_THREAD_START);
+	e->goid = rd64(user_g(&h), off_g_goid);
+	e->aux = rd64(mp, off_m_id);
+	submit(e);
+	return 0;
+}
+
+/* chansend(c AX, ep BX, block CL, callerpc DI) / chanrecv(c AX, ep BX, block CL). */
+static __always_inline int chan_op(struct pt_regs *ctx, __u32 prog, __u16 kind)
+{
+	struct here h;
+	struct gmp_event *e;
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(prog);
+	locate(ctx, &h, tid);
+	/* Not ep: it points into the stack, which a re-entry has moved. */
+	if (refire(ctx, cookie, prog, tid, h.g, GO_ARG1(ctx), GO_ARG3(ctx) & 0xff))
+		return 0;
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, kind);
+	e->goid = rd64(h.g, off_g_goid);
+	e->aux = GO_ARG1(ctx);
+	e->reason = (__u8)GO_ARG3(ctx) & 1;
+	e->pc = caller_pc(ctx, cookie);
+	submit(e);
+	return 0;
+}
+
+SEC("uprobe")
+int chansend(struct pt_regs *ctx)
+{
+	return chan_op(ctx, PROG_CHANSEND, GMP_CHAN_SEND);
+}
+
+SEC("uprobe")
+int chanrecv(struct pt_regs *ctx)
+{
+	return chan_op(ctx, PROG_CHANRECV, GMP_CHAN_RECV);
+}
+
+/* runtime.mallocgc(size AX, typ BX, needzero CL): every allocation (opt-in). */
+SEC("uprobe")
+int mallocgc(struct pt_regs *ctx)
+{
+	struct here h;
+	struct gmp_event *e;
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_MALLOCGC);
+	locate(ctx, &h, tid);
+	if (refire(ctx, cookie, PROG_MALLOCGC, tid, h.g, GO_ARG1(ctx), GO_ARG2(ctx)))
+		return 0;
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, GMP_MALLOC);
+	e->goid = rd64(user_g(&h), off_g_goid);
+	e->aux = GO_ARG1(ctx);
+	e->pc = caller_pc(ctx, cookie);
 	submit(e);
 	return 0;
 }

@@ -24,6 +24,11 @@ enum gmp_kind {
 	GMP_SYSCALL_EXIT = 10,
 	GMP_STATUS = 11,
 	GMP_ALLOC = 12,
+	GMP_HEAP_GROW = 13,
+	GMP_THREAD_START = 14,
+	GMP_CHAN_SEND = 15,
+	GMP_CHAN_RECV = 16,
+	GMP_MALLOC = 17,
 };
 
 /* Event flags: analysis/event.Flag*. */
@@ -31,6 +36,10 @@ enum gmp_kind {
 #define GMP_FLAG_FROM_G0 0x02
 
 #define GMP_NO_STACK (-1)
+
+/* User stacks (BPF_MAP_TYPE_STACK_TRACE "stacks"): at most this many frames,
+ * leaf first; frame 0 is the probed instruction. */
+#define GMP_STACK_DEPTH 64
 
 struct gmp_event {
 	__u64 ts;       /*  0: CLOCK_MONOTONIC ns */
@@ -63,6 +72,15 @@ enum gmp_prog {
 	PROG_NEWM,
 	PROG_INJECTGLIST,
 	PROG_CASGSTATUS,
+	PROG_ENTERSYSCALL,
+	PROG_EXITSYSCALL,
+	PROG_MPROF_MALLOC,
+	PROG_MHEAP_GROW,
+	PROG_NEWOSPROC,
+	PROG_MALLOCGC,
+	PROG_NEWPROC,
+	PROG_CHANSEND,
+	PROG_CHANRECV,
 	PROG_COUNT,
 };
 
@@ -72,6 +90,7 @@ enum gmp_counter {
 	CNT_REFIRE,         /* morestack re-entry suppressed (not an event) */
 	CNT_TRUNCATED,      /* injectglist list longer than the walk bound */
 	CNT_READ_ERR,       /* a read of the target's memory failed */
+	CNT_STACK_LOST,     /* bpf_get_stackid failed (hash bucket taken, no stack) */
 	CNT_COUNT,
 };
 

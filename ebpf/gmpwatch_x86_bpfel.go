@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type gmpwatchCreation struct {
+	_       structs.HostLayout
+	G       uint64
+	Pc      uint64
+	StackId int64
+}
+
 type gmpwatchGmpEvent struct {
 	_       structs.HostLayout
 	Ts      uint64
@@ -30,11 +37,13 @@ type gmpwatchGmpEvent struct {
 }
 
 type gmpwatchLastCall struct {
-	_    structs.HostLayout
-	Prog uint64
-	G    uint64
-	A0   uint64
-	A1   uint64
+	_     structs.HostLayout
+	Prog  uint64
+	G     uint64
+	A0    uint64
+	A1    uint64
+	Hi    uint64
+	Depth uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -42,24 +51,37 @@ type gmpwatchLastCall struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	gmpwatchMapCounters            = "counters"
+	gmpwatchMapCreations           = "creations"
 	gmpwatchMapEvents              = "events"
 	gmpwatchMapHits                = "hits"
 	gmpwatchMapLastCalls           = "last_calls"
+	gmpwatchMapStacks              = "stacks"
 	gmpwatchProgCasgstatus         = "casgstatus"
+	gmpwatchProgChanrecv           = "chanrecv"
+	gmpwatchProgChansend           = "chansend"
+	gmpwatchProgEntersyscall       = "entersyscall"
 	gmpwatchProgExecute            = "execute"
+	gmpwatchProgExitsyscall        = "exitsyscall"
 	gmpwatchProgGoexit0            = "goexit0"
 	gmpwatchProgGopark             = "gopark"
 	gmpwatchProgGoschedImpl        = "goschedImpl"
 	gmpwatchProgInjectglist        = "injectglist"
+	gmpwatchProgMProfMalloc        = "mProf_Malloc"
+	gmpwatchProgMallocgc           = "mallocgc"
+	gmpwatchProgMheapGrow          = "mheap_grow"
 	gmpwatchProgNewm               = "newm"
+	gmpwatchProgNewosproc          = "newosproc"
+	gmpwatchProgNewproc            = "newproc"
 	gmpwatchProgNewproc1Ret        = "newproc1_ret"
 	gmpwatchProgNewprocRunqput     = "newproc_runqput"
 	gmpwatchProgReady              = "ready"
 	gmpwatchProgSchedule           = "schedule"
+	gmpwatchVarCaptureStacks       = "capture_stacks"
 	gmpwatchVarDedupByMap          = "dedup_by_map"
 	gmpwatchVarGoschedHasPreempted = "gosched_has_preempted"
 	gmpwatchVarInjectMax           = "inject_max"
 	gmpwatchVarM_span              = "m_span"
+	gmpwatchVarMprofSizeArg        = "mprof_size_arg"
 	gmpwatchVarOffG_goid           = "off_g_goid"
 	gmpwatchVarOffG_gopc           = "off_g_gopc"
 	gmpwatchVarOffG_m              = "off_g_m"
@@ -71,9 +93,12 @@ const (
 	gmpwatchVarOffM_curg           = "off_m_curg"
 	gmpwatchVarOffM_g0             = "off_m_g0"
 	gmpwatchVarOffM_id             = "off_m_id"
+	gmpwatchVarOffM_oldp           = "off_m_oldp"
 	gmpwatchVarOffM_p              = "off_m_p"
 	gmpwatchVarOffM_procid         = "off_m_procid"
 	gmpwatchVarOffP_id             = "off_p_id"
+	gmpwatchVarOffP_status         = "off_p_status"
+	gmpwatchVarPsyscallStatus      = "psyscall_status"
 	gmpwatchVarTargetTgid          = "target_tgid"
 	gmpwatchVarUnusedGmpEvent      = "unused_gmp_event"
 	gmpwatchVarWakeupBytes         = "wakeup_bytes"
@@ -122,12 +147,21 @@ type gmpwatchSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type gmpwatchProgramSpecs struct {
 	Casgstatus     *ebpf.ProgramSpec `ebpf:"casgstatus"`
+	Chanrecv       *ebpf.ProgramSpec `ebpf:"chanrecv"`
+	Chansend       *ebpf.ProgramSpec `ebpf:"chansend"`
+	Entersyscall   *ebpf.ProgramSpec `ebpf:"entersyscall"`
 	Execute        *ebpf.ProgramSpec `ebpf:"execute"`
+	Exitsyscall    *ebpf.ProgramSpec `ebpf:"exitsyscall"`
 	Goexit0        *ebpf.ProgramSpec `ebpf:"goexit0"`
 	Gopark         *ebpf.ProgramSpec `ebpf:"gopark"`
 	GoschedImpl    *ebpf.ProgramSpec `ebpf:"goschedImpl"`
 	Injectglist    *ebpf.ProgramSpec `ebpf:"injectglist"`
+	MProfMalloc    *ebpf.ProgramSpec `ebpf:"mProf_Malloc"`
+	Mallocgc       *ebpf.ProgramSpec `ebpf:"mallocgc"`
+	MheapGrow      *ebpf.ProgramSpec `ebpf:"mheap_grow"`
 	Newm           *ebpf.ProgramSpec `ebpf:"newm"`
+	Newosproc      *ebpf.ProgramSpec `ebpf:"newosproc"`
+	Newproc        *ebpf.ProgramSpec `ebpf:"newproc"`
 	Newproc1Ret    *ebpf.ProgramSpec `ebpf:"newproc1_ret"`
 	NewprocRunqput *ebpf.ProgramSpec `ebpf:"newproc_runqput"`
 	Ready          *ebpf.ProgramSpec `ebpf:"ready"`
@@ -139,19 +173,23 @@ type gmpwatchProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type gmpwatchMapSpecs struct {
 	Counters  *ebpf.MapSpec `ebpf:"counters"`
+	Creations *ebpf.MapSpec `ebpf:"creations"`
 	Events    *ebpf.MapSpec `ebpf:"events"`
 	Hits      *ebpf.MapSpec `ebpf:"hits"`
 	LastCalls *ebpf.MapSpec `ebpf:"last_calls"`
+	Stacks    *ebpf.MapSpec `ebpf:"stacks"`
 }
 
 // gmpwatchVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gmpwatchVariableSpecs struct {
+	CaptureStacks       *ebpf.VariableSpec `ebpf:"capture_stacks"`
 	DedupByMap          *ebpf.VariableSpec `ebpf:"dedup_by_map"`
 	GoschedHasPreempted *ebpf.VariableSpec `ebpf:"gosched_has_preempted"`
 	InjectMax           *ebpf.VariableSpec `ebpf:"inject_max"`
 	M_span              *ebpf.VariableSpec `ebpf:"m_span"`
+	MprofSizeArg        *ebpf.VariableSpec `ebpf:"mprof_size_arg"`
 	OffG_goid           *ebpf.VariableSpec `ebpf:"off_g_goid"`
 	OffG_gopc           *ebpf.VariableSpec `ebpf:"off_g_gopc"`
 	OffG_m              *ebpf.VariableSpec `ebpf:"off_g_m"`
@@ -163,9 +201,12 @@ type gmpwatchVariableSpecs struct {
 	OffM_curg           *ebpf.VariableSpec `ebpf:"off_m_curg"`
 	OffM_g0             *ebpf.VariableSpec `ebpf:"off_m_g0"`
 	OffM_id             *ebpf.VariableSpec `ebpf:"off_m_id"`
+	OffM_oldp           *ebpf.VariableSpec `ebpf:"off_m_oldp"`
 	OffM_p              *ebpf.VariableSpec `ebpf:"off_m_p"`
 	OffM_procid         *ebpf.VariableSpec `ebpf:"off_m_procid"`
 	OffP_id             *ebpf.VariableSpec `ebpf:"off_p_id"`
+	OffP_status         *ebpf.VariableSpec `ebpf:"off_p_status"`
+	PsyscallStatus      *ebpf.VariableSpec `ebpf:"psyscall_status"`
 	TargetTgid          *ebpf.VariableSpec `ebpf:"target_tgid"`
 	UnusedGmpEvent      *ebpf.VariableSpec `ebpf:"unused_gmp_event"`
 	WakeupBytes         *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -192,17 +233,21 @@ func (o *gmpwatchObjects) Close() error {
 // It can be passed to loadGmpwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gmpwatchMaps struct {
 	Counters  *ebpf.Map `ebpf:"counters"`
+	Creations *ebpf.Map `ebpf:"creations"`
 	Events    *ebpf.Map `ebpf:"events"`
 	Hits      *ebpf.Map `ebpf:"hits"`
 	LastCalls *ebpf.Map `ebpf:"last_calls"`
+	Stacks    *ebpf.Map `ebpf:"stacks"`
 }
 
 func (m *gmpwatchMaps) Close() error {
 	return _GmpwatchClose(
 		m.Counters,
+		m.Creations,
 		m.Events,
 		m.Hits,
 		m.LastCalls,
+		m.Stacks,
 	)
 }
 
@@ -210,10 +255,12 @@ func (m *gmpwatchMaps) Close() error {
 //
 // It can be passed to loadGmpwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gmpwatchVariables struct {
+	CaptureStacks       *ebpf.Variable `ebpf:"capture_stacks"`
 	DedupByMap          *ebpf.Variable `ebpf:"dedup_by_map"`
 	GoschedHasPreempted *ebpf.Variable `ebpf:"gosched_has_preempted"`
 	InjectMax           *ebpf.Variable `ebpf:"inject_max"`
 	M_span              *ebpf.Variable `ebpf:"m_span"`
+	MprofSizeArg        *ebpf.Variable `ebpf:"mprof_size_arg"`
 	OffG_goid           *ebpf.Variable `ebpf:"off_g_goid"`
 	OffG_gopc           *ebpf.Variable `ebpf:"off_g_gopc"`
 	OffG_m              *ebpf.Variable `ebpf:"off_g_m"`
@@ -225,9 +272,12 @@ type gmpwatchVariables struct {
 	OffM_curg           *ebpf.Variable `ebpf:"off_m_curg"`
 	OffM_g0             *ebpf.Variable `ebpf:"off_m_g0"`
 	OffM_id             *ebpf.Variable `ebpf:"off_m_id"`
+	OffM_oldp           *ebpf.Variable `ebpf:"off_m_oldp"`
 	OffM_p              *ebpf.Variable `ebpf:"off_m_p"`
 	OffM_procid         *ebpf.Variable `ebpf:"off_m_procid"`
 	OffP_id             *ebpf.Variable `ebpf:"off_p_id"`
+	OffP_status         *ebpf.Variable `ebpf:"off_p_status"`
+	PsyscallStatus      *ebpf.Variable `ebpf:"psyscall_status"`
 	TargetTgid          *ebpf.Variable `ebpf:"target_tgid"`
 	UnusedGmpEvent      *ebpf.Variable `ebpf:"unused_gmp_event"`
 	WakeupBytes         *ebpf.Variable `ebpf:"wakeup_bytes"`
@@ -238,12 +288,21 @@ type gmpwatchVariables struct {
 // It can be passed to loadGmpwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gmpwatchPrograms struct {
 	Casgstatus     *ebpf.Program `ebpf:"casgstatus"`
+	Chanrecv       *ebpf.Program `ebpf:"chanrecv"`
+	Chansend       *ebpf.Program `ebpf:"chansend"`
+	Entersyscall   *ebpf.Program `ebpf:"entersyscall"`
 	Execute        *ebpf.Program `ebpf:"execute"`
+	Exitsyscall    *ebpf.Program `ebpf:"exitsyscall"`
 	Goexit0        *ebpf.Program `ebpf:"goexit0"`
 	Gopark         *ebpf.Program `ebpf:"gopark"`
 	GoschedImpl    *ebpf.Program `ebpf:"goschedImpl"`
 	Injectglist    *ebpf.Program `ebpf:"injectglist"`
+	MProfMalloc    *ebpf.Program `ebpf:"mProf_Malloc"`
+	Mallocgc       *ebpf.Program `ebpf:"mallocgc"`
+	MheapGrow      *ebpf.Program `ebpf:"mheap_grow"`
 	Newm           *ebpf.Program `ebpf:"newm"`
+	Newosproc      *ebpf.Program `ebpf:"newosproc"`
+	Newproc        *ebpf.Program `ebpf:"newproc"`
 	Newproc1Ret    *ebpf.Program `ebpf:"newproc1_ret"`
 	NewprocRunqput *ebpf.Program `ebpf:"newproc_runqput"`
 	Ready          *ebpf.Program `ebpf:"ready"`
@@ -253,12 +312,21 @@ type gmpwatchPrograms struct {
 func (p *gmpwatchPrograms) Close() error {
 	return _GmpwatchClose(
 		p.Casgstatus,
+		p.Chanrecv,
+		p.Chansend,
+		p.Entersyscall,
 		p.Execute,
+		p.Exitsyscall,
 		p.Goexit0,
 		p.Gopark,
 		p.GoschedImpl,
 		p.Injectglist,
+		p.MProfMalloc,
+		p.Mallocgc,
+		p.MheapGrow,
 		p.Newm,
+		p.Newosproc,
+		p.Newproc,
 		p.Newproc1Ret,
 		p.NewprocRunqput,
 		p.Ready,

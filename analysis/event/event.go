@@ -23,20 +23,37 @@
 //	GoSched       runtime.goschedImpl(gp, preempted)     GoRunning → GoRunnable   gp         -                  -              -           1 if preempted
 //	GoExit        runtime.goexit0(gp)                    GoRunning → GoDead       gp         -                  g.gopc         g.startpc   -
 //	Schedule      runtime.schedule()                     M enters the scheduler   m.curg     -                  -              -           -
-//	ThreadCreate  runtime.newm(fn, pp, id)               a new M is started       current G  new m.id           -              -           -
+//	ThreadCreate  runtime.newm(fn, pp, id)               a new M is started       m.curg     id argument (-1:   caller         -           -
+//	                                                                                         allocated later)
 //	SyscallEnter  runtime.entersyscall                   GoRunning → GoSyscall    current G  -                  caller         -           -
-//	SyscallExit   runtime.exitsyscall                    GoSyscall → GoRunning    current G  -                  -              -           -
+//	SyscallExit   runtime.exitsyscall                    GoSyscall → GoRunning    current G  -                  caller         -           1 if the P was
+//	                                                                                                                                      handed off
 //	Status        runtime.casgstatus(gp, old, new)       old → new (opt-in, hot)  gp         old status         -              -           new status
-//	Alloc         runtime.mProf_Malloc(mp, p, size)      sampled allocation       current G  bytes              -              -           -
-//	HeapGrow      runtime.(*mheap).grow(h, npage)        heap grows (MA)          current G  bytes asked        -              -           -
+//	Alloc         runtime.mProf_Malloc(mp, p, size)      sampled allocation       current G  bytes              caller         -           -
+//	HeapGrow      runtime.(*mheap).grow(h, npage)        heap grows (MA)          current G  npage*8192 asked   -              -           -
 //	ThreadStart   runtime.newosproc(mp)                  clone of a new thread    current G  new m.id           -              -           -
 //	ChanSend      runtime.chansend(c, ep, block, pc)     opt-in, hot (CC)         current G  channel address    caller pc      -           1 if blocking
 //	ChanRecv      runtime.chanrecv(c, ep, block)         opt-in, hot (CC)         current G  channel address    caller pc      -           1 if blocking
 //	Malloc        runtime.mallocgc(size, typ, zero)      opt-in, very hot (MA)    current G  bytes              caller pc      -           -
 //
+// SyscallExit's PID is the P the M still holds when the syscall returns (-1
+// and Reason 1 when sysmon handed it off). ThreadStart's Aux names the M whose
+// thread is cloned; a ThreadCreate whose id argument is -1 is followed by the
+// ThreadStart of the M it allocated. HeapGrow's Aux is what grow was asked
+// for; the heap grows by whole 4 MiB chunks (512 pages) at least.
+//
 // StackID, when not NoStack, names a user stack captured at the probe and
-// shipped separately (see the recording format); PC then holds the caller
-// frame that a frame-pointer walk at a function's entry misses.
+// shipped separately (see the recording format). Stacks are captured at
+// GoPark (the park), GoCreate (at runtime.newproc's entry, on the goroutine
+// running the go statement), ThreadCreate (whoever called newm, usually a
+// runtime path on g0 that frame pointers follow back onto the user stack),
+// SyscallEnter and Alloc; every other event has NoStack. A stack is leaf
+// first: frame 0 is the probed instruction in the probed function, the other
+// frames are return addresses (symbolize them at pc-1). The probed
+// function's direct caller, which a frame-pointer walk from a function's
+// entry misses, is not in the stack: it is the event's PC (for GoCreate
+// g.gopc, the go statement), to be put back as the second frame. A stack is
+// at most 64 frames; on g0 it may end in junk frames past runtime.mstart.
 package event
 
 import (

@@ -268,6 +268,19 @@ type Recording struct {
 	Truncated string
 }
 
+// Symbolize resolves pc, a runtime address of the recorded process, from the
+// recording's symbols; it has the type gobin.Symbolize. Symbols are keyed by
+// link-time address and hold, for return addresses, the call's position, as
+// the writer's caller resolved them.
+func (rec *Recording) Symbolize(pc uint64, ret bool) (gobin.Frame, bool) {
+	var bias uint64
+	if rec.Meta.Plan != nil {
+		bias = rec.Meta.Plan.LoadBias
+	}
+	f, ok := rec.Symbols[pc-bias]
+	return f, ok
+}
+
 // Read reads a recording. A recording cut short or damaged after its Meta
 // block is returned with everything up to the last complete block and
 // Truncated set; a file that is not a recording, or from a newer format

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/gmpwatch/gmpwatch/analysis/event"
+	"github.com/gmpwatch/gmpwatch/analysis/gobin"
 	"github.com/gmpwatch/gmpwatch/analysis/plan"
 	"golang.org/x/tools/txtar"
 )
@@ -247,7 +248,7 @@ type symtab []symRange
 
 type symRange struct {
 	lo, hi uint64
-	frame  Frame
+	frame  gobin.Frame
 }
 
 func parseSymbols(t *testing.T, s string) symtab {
@@ -266,16 +267,19 @@ func parseSymbols(t *testing.T, s string) symtab {
 		if err1 != nil || err2 != nil || err3 != nil {
 			t.Fatalf("symbols: bad line %q", line)
 		}
-		tab = append(tab, symRange{lo, hi, Frame{Func: f[2], File: f[3], Line: ln}})
+		tab = append(tab, symRange{lo, hi, gobin.Frame{Func: f[2], File: f[3], Line: ln}})
 	}
 	sort.Slice(tab, func(i, j int) bool { return tab[i].lo < tab[j].lo })
 	return tab
 }
 
-func (tab symtab) lookup(pc uint64) (Frame, bool) {
+func (tab symtab) lookup(pc uint64, ret bool) (gobin.Frame, bool) {
+	if ret {
+		pc-- // the call before a return address
+	}
 	i := sort.Search(len(tab), func(i int) bool { return tab[i].hi > pc })
 	if i < len(tab) && tab[i].lo <= pc {
 		return tab[i].frame, true
 	}
-	return Frame{}, false
+	return gobin.Frame{}, false
 }

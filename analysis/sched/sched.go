@@ -33,6 +33,7 @@ package sched
 
 import (
 	"github.com/gmpwatch/gmpwatch/analysis/event"
+	"github.com/gmpwatch/gmpwatch/analysis/gobin"
 	"github.com/gmpwatch/gmpwatch/analysis/plan"
 )
 
@@ -57,18 +58,6 @@ func (s State) String() string {
 	return "GoDead"
 }
 
-// Frame is a symbolized program counter.
-type Frame struct {
-	Func string
-	File string
-	Line int
-}
-
-// Symbolizer resolves a PC of the target (a runtime address, load bias
-// applied by the symbolizer if needed) to a frame. The model passes pc-1 for
-// return addresses.
-type Symbolizer func(pc uint64) (Frame, bool)
-
 // DefaultMaxGoroutines is the default bound on per-goroutine state: 4Mi
 // goroutines, 16 bytes of state each plus map overhead.
 const DefaultMaxGoroutines = 4 << 20
@@ -78,7 +67,7 @@ type Config struct {
 	// WaitReasons names wait reasons by index (plan.Plan.WaitReasons).
 	WaitReasons plan.WaitReasons
 	// Symbolize resolves creation sites; nil leaves them as hex PCs.
-	Symbolize Symbolizer
+	Symbolize gobin.Symbolize
 	// MaxGoroutines bounds the goroutines tracked at once; 0 means
 	// DefaultMaxGoroutines.
 	MaxGoroutines int
@@ -126,7 +115,7 @@ type pstate struct {
 // site is one creation site.
 type site struct {
 	pc      uint64
-	frame   Frame
+	frame   gobin.Frame
 	ok      bool // symbolized
 	created [2]uint64
 	exited  [2]uint64
@@ -279,8 +268,7 @@ func (m *Model) siteFor(pc uint64) uint32 {
 	}
 	s := &site{pc: pc}
 	if m.cfg.Symbolize != nil && pc != 0 {
-		// g.gopc is a return address: the call is the instruction before it.
-		s.frame, s.ok = m.cfg.Symbolize(pc - 1)
+		s.frame, s.ok = m.cfg.Symbolize(pc, true) // g.gopc is a return address
 	}
 	m.sites = append(m.sites, s)
 	i := uint32(len(m.sites))

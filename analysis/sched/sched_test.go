@@ -1,8 +1,6 @@
 package sched
 
 import (
-	"debug/elf"
-	"debug/gosym"
 	"math/rand"
 	"os"
 	"regexp"
@@ -13,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/gmpwatch/gmpwatch/analysis/event"
+	"github.com/gmpwatch/gmpwatch/analysis/gobin"
 )
 
 func TestBucketBounds(t *testing.T) {
@@ -209,44 +208,27 @@ func TestIntervals(t *testing.T) {
 	}
 }
 
-// gosymSymbolizer symbolizes PCs of the running test binary with
-// debug/gosym on its own .gopclntab, the way the lead's symbolizer reads a
-// target's.
-func gosymSymbolizer(t *testing.T) Symbolizer {
+// selfSymbolizer symbolizes PCs of the running test binary with gobin, the
+// way gmpwatch symbolizes a target's.
+func selfSymbolizer(t *testing.T) gobin.Symbolize {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := elf.Open(exe)
+	b, err := gobin.Open(exe)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	pcln, text := f.Section(".gopclntab"), f.Section(".text")
-	if pcln == nil || text == nil {
-		t.Fatalf("%s: no .gopclntab or .text", exe)
-	}
-	data, err := pcln.Data()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Go 1.26 stores 0 as the text start in the header: pass .text's address.
-	tab, err := gosym.NewTable(nil, gosym.NewLineTable(data, text.Addr))
-	if err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() { b.Close() })
 	// A PIE test binary runs at a bias: find it from a function's entry.
 	pc, _, _, _ := runtime.Caller(0)
 	fn := runtime.FuncForPC(pc)
-	bias := uint64(fn.Entry()) - tab.LookupFunc(fn.Name()).Entry
-	return func(pc uint64) (Frame, bool) {
-		file, line, fn := tab.PCToLine(pc - bias)
-		if fn == nil {
-			return Frame{}, false
-		}
-		return Frame{Func: fn.Name, File: file, Line: line}, true
+	sym, err := b.Func(fn.Name())
+	if err != nil {
+		t.Fatal(err)
 	}
+	return gobin.NewSymbolizer(b, uint64(fn.Entry())-sym.Addr).Symbolize
 }
 
 var createdByRE = regexp.MustCompile(`(?m)^created by (\S+) in goroutine \d+\n\t(\S+):(\d+) \+0x([0-9a-f]+)$`)
@@ -255,7 +237,7 @@ var createdByRE = regexp.MustCompile(`(?m)^created by (\S+) in goroutine \d+\n\t
 // "created by ... +0xOFF" (entry+OFF is g.gopc), and checks that the model's
 // site for it is the go statement's file:line.
 func TestCreationSiteGosym(t *testing.T) {
-	sym := gosymSymbolizer(t)
+	sym := selfSymbolizer(t)
 	stack := make(chan string)
 	block := make(chan struct{})
 	_, file, line, _ := runtime.Caller(0)

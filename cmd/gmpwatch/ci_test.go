@@ -307,12 +307,7 @@ func TestCIExampleScript(t *testing.T) {
 		testtarget.SkipOrFail(t, "git: %v", err)
 	}
 	tmp := t.TempDir()
-	gmpwatch := filepath.Join(tmp, "gmpwatch")
-	build := exec.Command("go", "build", "-o", gmpwatch, "./cmd/gmpwatch")
-	build.Dir = testtarget.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build gmpwatch: %v\n%s", err, out)
-	}
+	gmpwatch := gmpwatchBinary(t)
 	script := filepath.Join(testtarget.RepoRoot(), "scripts", "ci-example", "sched-regression.sh")
 
 	repo := filepath.Join(tmp, "repo")

@@ -61,7 +61,7 @@ func runDump(ctx context.Context, env *cmdEnv, args []string) error {
 		return usageErrorf("pid %d: %v", *pid, err)
 	}
 	defer bin.Close()
-	sym := rtstate.NewSymbolizer(bin, t.plan.LoadBias)
+	sym := gobin.NewSymbolizer(bin, t.plan.LoadBias)
 
 	d, err := readDump(ctx, t, sym, *stop, *stopTimeout)
 	if err != nil {
@@ -109,7 +109,7 @@ type dumpGroup struct {
 // readDump reads everything, holding the process for the reads with stop.
 // The process is resumed before readDump returns, whatever happens: on
 // error, on Ctrl-C (ctx), on a panic.
-func readDump(ctx context.Context, t *target, sym *rtstate.Symbolizer, stop bool, stopTimeout time.Duration) (_ *dumpResult, err error) {
+func readDump(ctx context.Context, t *target, sym *gobin.Symbolizer, stop bool, stopTimeout time.Duration) (_ *dumpResult, err error) {
 	d := &dumpResult{GoVersion: t.plan.GoVersion, Layout: layoutNote(t.plan), waitReasons: t.plan.WaitReasons.Name}
 	begin := time.Now()
 	if stop {
@@ -202,7 +202,7 @@ func durString(ns int64) string {
 	return time.Duration(ns).Round(time.Millisecond).String()
 }
 
-func (d *dumpResult) writeText(w *bufio.Writer, sym *rtstate.Symbolizer, each bool) error {
+func (d *dumpResult) writeText(w *bufio.Writer, sym *gobin.Symbolizer, each bool) error {
 	sc := d.Scan
 	how := "racy snapshot: read while the process ran, so a goroutine may have moved on (--stop for a consistent view)"
 	if d.Stopped {
@@ -222,7 +222,7 @@ func (d *dumpResult) writeText(w *bufio.Writer, sym *rtstate.Symbolizer, each bo
 		if reason != "" {
 			st += " (" + reason + ")"
 		}
-		cf, cok := sym.CallSite(grp.GoPC)
+		cf, cok := sym.Symbolize(grp.GoPC, true)
 		start, sok := sym.StartFunc(grp.StartPC)
 		if !sok {
 			start = fmt.Sprintf("?(pc %#x)", grp.StartPC)
@@ -279,7 +279,7 @@ func frameJSON(f gobin.Frame, ok bool, pc uint64) []byte {
 
 // writeJSON writes one object; goroutines are appended by hand so that a
 // million of them stream out without a million allocations.
-func (d *dumpResult) writeJSON(w *bufio.Writer, sym *rtstate.Symbolizer, each bool) error {
+func (d *dumpResult) writeJSON(w *bufio.Writer, sym *gobin.Symbolizer, each bool) error {
 	sc := d.Scan
 	head := struct {
 		PID        int             `json:"pid"`
@@ -307,7 +307,7 @@ func (d *dumpResult) writeJSON(w *bufio.Writer, sym *rtstate.Symbolizer, each bo
 		if b, ok := created[pc]; ok {
 			return b
 		}
-		f, ok := sym.CallSite(pc)
+		f, ok := sym.Symbolize(pc, true)
 		b := frameJSON(f, ok, pc)
 		created[pc] = b
 		return b

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/gmpwatch/gmpwatch/analysis/sched"
+	"github.com/gmpwatch/gmpwatch/internal/session"
+)
+
+func init() {
+	register(&command{
+		name:    "top",
+		usage:   "[top] -p PID | -- CMD ARGS [-i 1s] [-d DUR] [--json] [--no-tui]",
+		summary: "trace the scheduler: a summary every interval and a final report",
+		run:     runTop,
+	})
+}
+
+// topFlags are the parsed arguments of the top command.
+type topFlags struct {
+	pid      int
+	interval time.Duration
+	duration time.Duration
+	json     bool
+	noTUI    bool     // interval text even on a terminal
+	cmd      []string // after --
+}
+
+func parseTopFlags(args []string) (*topFlags, error) {
+	f := &topFlags{}
+	fs := flag.NewFlagSet("top", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.IntVar(&f.pid, "p", 0, "trace the running process `PID`")
+	fs.DurationVar(&f.interval, "i", time.Second, "print a summary every `interval`")
+	fs.DurationVar(&f.duration, "d", 0, "stop after `duration` (0: until Ctrl-C or the target exits)")
+	fs.BoolVar(&f.json, "json", false, "print every summary and the final report as one JSON object a line")
+	fs.BoolVar(&f.noTUI, "no-tui", false, "print interval text instead of the live view on a terminal")
+	if err := fs.Parse(args); err != nil {
+		return nil, usageErrorf("%v", err)
+	}
+	rest := fs.Args()
+	// flag stops at "--" and drops it; it also stops at the first non-flag.
+	dashdash := len(args) >= len(rest)+1 && args[len(args)-len(rest)-1] == "--"
+	switch {
+	case len(rest) > 0 && !dashdash:
+		return nil, usageErrorf("unexpected argument %q (put the command after --: gmpwatch -- CMD ARGS)", rest[0])
+	case dashdash && len(rest) == 0:
+		return nil, usageErrorf("no command after --")
+	}
+	f.cmd = rest
+	switch {
+	case f.pid != 0 && len(f.cmd) > 0:
+		return nil, usageErrorf("give -p PID or -- CMD, not both")
+	case f.pid == 0 && len(f.cmd) == 0:
+		return nil, usageErrorf("nothing to trace: give -p PID or -- CMD ARGS")
+	case f.pid < 0:
+		return nil, usageErrorf("-p %d: not a process ID", f.pid)
+	case f.interval <= 0:
+		return nil, usageErrorf("-i %v: the interval must be positive", f.interval)
+	case f.duration < 0:
+		return nil, usageErrorf("-d %v: the duration must not be negative", f.duration)
+	}
+	return f, nil
+}
+
+func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
+	f, err := parseTopFlags(args)
+	if err != nil {
+		return err
+	}
+
+	// The target: a running process, or a command started stopped before
+	// its first instruction and released once the probes are on.
+	sess, err := session.Start(session.Config{PID: f.pid, Command: f.cmd, NoStacks: true, Stdin: env.stdin, Stdout: env.stdout, Stderr: env.stderr})
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	pid, p := sess.PID, sess.Plan
+
+	model := sched.New(sched.Config{WaitReasons: p.WaitReasons, Symbolize: sess.Sym.Symbolize})
+
+	fmt.Fprintf(env.stderr, "Tracing PID %d (%s): %d probes. Ctrl-C to end.\n", pid, p.GoVersion, len(sess.Tracer.Probes()))
+
+	if err := sess.Run(model.Handle); err != nil {
+		return err
+	}
+	if sess.Launched() {
+		defer func() {
+			// Ended before the command: it runs on untraced; pass on its
+			// status when it ends.
+			if code := sess.Finish(ctx); err == nil && code != 0 {
+				err = &exitError{code: code}
+			}
+		}()
+	}
+
+	// On a terminal, the live view (tui.go) shows the intervals; quitting it
+	// ends ctx. It is closed, restoring the terminal, before the final report.
+	var lv *liveView
+	if wantLiveView(f, env) {
+		lv, ctx = startLiveView(ctx, env, sess, f.interval)
+		defer lv.close()
+	}
+
+	emit := func(r *sched.Report) error {
+		if lv != nil {
+			if r.Kind != sched.KindFinal {
+				lv.show(r)
+				return nil
+			}
+			lv.close()
+		}
+		if f.json {
+			b, err := json.Marshal(r)
+			if err != nil {
+				return err
+			}
+			b = append(b, '\n')
+			_, err = env.stdout.Write(b)
+			return err
+		}
+		if r.Kind == sched.KindFinal {
+			return sched.WriteFinal(env.stdout, r)
+		}
+		return sched.WriteInterval(env.stdout, r)
+	}
+
+	var deadline <-chan time.Time
+	if f.duration > 0 {
+		tm := time.NewTimer(f.duration)
+		defer tm.Stop()
+		deadline = tm.C
+	}
+	tick := time.NewTicker(f.interval)
+	defer tick.Stop()
+
+loop:
+	for {
+		select {
+		case <-tick.C:
+			now := session.MonotonicNow()
+			lost := sess.Stats().Lost
+			sess.Lock()
+			model.SetLost(lost)
+			r := model.Snapshot(now)
+			model.Reset(now)
+			sess.Unlock()
+			if err := emit(r); err != nil {
+				return fmt.Errorf("write: %w", err)
+			}
+		case <-ctx.Done():
+			break loop
+		case <-deadline:
+			break loop
+		case <-sess.Exited():
+			break loop
+		case rerr := <-sess.ReadDone():
+			sess.SetReadErr(rerr)
+			break loop
+		}
+	}
+
+	// Drain what the ring buffer holds, detach every probe, report.
+	now := session.MonotonicNow()
+	readErr := sess.Stop()
+	sess.Lock()
+	model.SetLost(sess.Stats().Lost)
+	final := model.Total(now)
+	sess.Unlock()
+	if err := emit(final); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	return readErr
+}
