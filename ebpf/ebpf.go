@@ -69,28 +69,40 @@ var (
 var DefaultPrograms = []string{"schedule", "execute", "gopark", "ready", "goschedImpl", "goexit0", "newproc_runqput", "newm", "injectglist",
 	"newproc", "newosproc", "mProf_Malloc", "mheap_grow"}
 
-// programs returns the programs Attach attaches for opts: opts.Programs, or
-// DefaultPrograms less those that only serve stacks when stacks are off.
-func (opts *Options) programs() []string {
+// probePointsCover lists the default programs whose events the probe-points
+// runtime patch's one attach point (program "probe_points") delivers, all of
+// them from its arguments, without reading the target's memory.
+var probePointsCover = []string{"execute", "gopark", "ready", "goschedImpl", "goexit0", "newproc_runqput", "injectglist", "newproc"}
+
+// programs returns the programs Attach attaches for opts and plan p:
+// opts.Programs, or DefaultPrograms, less the probes that only serve stacks
+// when stacks are off, and with the transitions taken from the probe-points
+// patch's attach point when the binary carries it.
+func (opts *Options) programs(p *plan.Plan) []string {
 	if opts.Programs != nil {
 		return opts.Programs
 	}
-	if !opts.NoStacks {
-		return DefaultPrograms
+	progs := slices.Clone(DefaultPrograms)
+	if opts.NoStacks {
+		// newproc only stashes the creation stack for the GoCreate that
+		// follows: without stacks it would cost a trap per go statement.
+		progs = slices.DeleteFunc(progs, func(n string) bool { return n == "newproc" })
 	}
-	// newproc only stashes the creation stack for the GoCreate that follows:
-	// without stacks it would cost a trap per go statement for nothing.
-	return slices.DeleteFunc(slices.Clone(DefaultPrograms), func(n string) bool { return n == "newproc" })
+	if p != nil && len(p.ProbesFor("probe_points")) > 0 {
+		progs = slices.DeleteFunc(progs, func(n string) bool { return slices.Contains(probePointsCover, n) })
+		progs = append(progs, "probe_points")
+	}
+	return progs
 }
 
-// AttachedPrograms returns the names of the programs Attach attaches for
-// opts (before dropping those whose probes the plan lacks).
-func AttachedPrograms(opts Options) []string { return opts.programs() }
+// AttachedPrograms returns the names of the programs Attach attaches to p's
+// binary for opts (before dropping optional ones whose probes p lacks).
+func AttachedPrograms(p *plan.Plan, opts Options) []string { return opts.programs(p) }
 
 // Programs lists every program name the BPF object has, in the order of the
 // kernel's hit counters (enum gmp_prog in gmpwatch.h).
 var Programs = []string{"schedule", "execute", "gopark", "ready", "goschedImpl", "goexit0", "newproc_runqput", "newproc1_ret", "newm", "injectglist", "casgstatus",
-	"entersyscall", "exitsyscall", "mProf_Malloc", "mheap_grow", "newosproc", "mallocgc", "newproc", "chansend", "chanrecv"}
+	"entersyscall", "exitsyscall", "mProf_Malloc", "mheap_grow", "newosproc", "mallocgc", "newproc", "chansend", "chanrecv", "probe_points"}
 
 // stackPrograms are the programs that capture a user stack (event StackID).
 var stackPrograms = map[string]bool{"gopark": true, "newproc": true, "newm": true, "entersyscall": true, "mProf_Malloc": true}
@@ -245,7 +257,7 @@ func Attach(p *plan.Plan, opts Options) (*Tracer, error) {
 	}
 
 	// Which probes, for which programs.
-	progs := opts.programs()
+	progs := opts.programs(p)
 	strict := opts.Programs != nil
 	type want struct {
 		prog   string

@@ -844,3 +844,52 @@ int mallocgc(struct pt_regs *ctx)
 	submit(e);
 	return 0;
 }
+
+/* runtime.gmpwatchProbeGoStatus(goid AX, from BX, to CX, reason DIL, pid SI,
+ * mid R8, aux R9, pc R10, pc2 R11): the stable attach point that the
+ * probe-points runtime patch (patches/probe-points) calls at every goroutine
+ * transition, with the data in registers: no struct offsets are needed but
+ * the M's, read once (as every program does) to tell whether it runs on g0.
+ * The transition (from, to) tells the event kind. */
+SEC("uprobe")
+int probe_points(struct pt_regs *ctx)
+{
+	struct here h;
+	struct gmp_event *e;
+	__u32 from = (__u32)GO_ARG2(ctx), to = (__u32)GO_ARG3(ctx);
+	__u16 kind;
+	__u32 tid = in_target();
+	if (!tid)
+		return 0;
+	hit(PROG_PROBE_POINTS);
+	if (from == G_DEAD)
+		kind = GMP_GO_CREATE;
+	else if (from == G_RUNNABLE && to == G_RUNNING)
+		kind = GMP_GO_START;
+	else if (from == G_RUNNING && to == G_WAITING)
+		kind = GMP_GO_PARK;
+	else if (from == G_WAITING && to == G_RUNNABLE)
+		kind = GMP_GO_UNPARK;
+	else if (from == G_RUNNING && to == G_RUNNABLE)
+		kind = GMP_GO_SCHED;
+	else if (from == G_RUNNING && to == G_DEAD)
+		kind = GMP_GO_EXIT;
+	else
+		return 0;
+	locate(ctx, &h, tid);
+	e = reserve();
+	if (!e)
+		return 0;
+	fill(e, &h, kind);
+	e->goid = GO_ARG1(ctx);
+	e->aux = (kind == GMP_GO_CREATE || kind == GMP_GO_UNPARK) ? GO_ARG7(ctx) : 0;
+	e->pc = GO_ARG8(ctx);
+	e->pc2 = GO_ARG9(ctx);
+	e->mid = (__s64)GO_ARG6(ctx);
+	e->pid = (__s32)GO_ARG5(ctx);
+	e->reason = (kind == GMP_GO_PARK || kind == GMP_GO_SCHED) ? (__u8)GO_ARG4(ctx) : 0;
+	if (kind == GMP_GO_CREATE && to == G_WAITING)
+		e->flags |= GMP_FLAG_PARKED;
+	submit(e);
+	return 0;
+}

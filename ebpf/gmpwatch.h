@@ -33,6 +33,12 @@ enum gmp_kind {
 
 /* Event flags: analysis/event.Flag*. */
 #define GMP_FLAG_PARKED 0x01
+
+/* G statuses (g.atomicstatus), the same in every supported release. */
+#define G_RUNNABLE 1
+#define G_RUNNING 2
+#define G_WAITING 4
+#define G_DEAD 6
 #define GMP_FLAG_FROM_G0 0x02
 
 #define GMP_NO_STACK (-1)
@@ -81,6 +87,7 @@ enum gmp_prog {
 	PROG_NEWPROC,
 	PROG_CHANSEND,
 	PROG_CHANRECV,
+	PROG_PROBE_POINTS,
 	PROG_COUNT,
 };
 

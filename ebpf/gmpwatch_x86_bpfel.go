@@ -74,6 +74,7 @@ const (
 	gmpwatchProgNewproc            = "newproc"
 	gmpwatchProgNewproc1Ret        = "newproc1_ret"
 	gmpwatchProgNewprocRunqput     = "newproc_runqput"
+	gmpwatchProgProbePoints        = "probe_points"
 	gmpwatchProgReady              = "ready"
 	gmpwatchProgSchedule           = "schedule"
 	gmpwatchVarCaptureStacks       = "capture_stacks"
@@ -164,6 +165,7 @@ type gmpwatchProgramSpecs struct {
 	Newproc        *ebpf.ProgramSpec `ebpf:"newproc"`
 	Newproc1Ret    *ebpf.ProgramSpec `ebpf:"newproc1_ret"`
 	NewprocRunqput *ebpf.ProgramSpec `ebpf:"newproc_runqput"`
+	ProbePoints    *ebpf.ProgramSpec `ebpf:"probe_points"`
 	Ready          *ebpf.ProgramSpec `ebpf:"ready"`
 	Schedule       *ebpf.ProgramSpec `ebpf:"schedule"`
 }
@@ -305,6 +307,7 @@ type gmpwatchPrograms struct {
 	Newproc        *ebpf.Program `ebpf:"newproc"`
 	Newproc1Ret    *ebpf.Program `ebpf:"newproc1_ret"`
 	NewprocRunqput *ebpf.Program `ebpf:"newproc_runqput"`
+	ProbePoints    *ebpf.Program `ebpf:"probe_points"`
 	Ready          *ebpf.Program `ebpf:"ready"`
 	Schedule       *ebpf.Program `ebpf:"schedule"`
 }
@@ -329,6 +332,7 @@ func (p *gmpwatchPrograms) Close() error {
 		p.Newproc,
 		p.Newproc1Ret,
 		p.NewprocRunqput,
+		p.ProbePoints,
 		p.Ready,
 		p.Schedule,
 	)

@@ -75,7 +75,7 @@ func screenLine(screen string, ok func(line string, fields []string) bool) (int,
 
 // attached returns the probes of the plan that the live command attaches.
 func attached(p *plan.Plan) []plan.Probe {
-	progs := ebpf.AttachedPrograms(ebpf.Options{NoStacks: true})
+	progs := ebpf.AttachedPrograms(p, ebpf.Options{NoStacks: true})
 	var out []plan.Probe
 	for _, pr := range p.Probes {
 		if slices.Contains(progs, pr.Program) {
