@@ -233,6 +233,9 @@ func (m *Model) report(kind string, slot int, now uint64) *Report {
 		if slot == slotIV {
 			a = ps.iv
 		}
+		if ps.holder != nil && now > ps.start {
+			a.busy += now - ps.start // the span running now counts up to now
+		}
 		r.Procs = append(r.Procs, Proc{ID: ps.id, GoroutinesRun: a.runs, BusyNs: a.busy})
 	}
 	r.Threads = []Thread{}
@@ -242,16 +245,7 @@ func (m *Model) report(kind string, slot int, now uint64) *Report {
 			a = ms.iv
 		}
 		if ms.running && now > ms.start {
-			// The span running now counts up to now.
-			d := now - ms.start
-			a.busy += d
-			if ms.p >= 0 {
-				for i := range r.Procs {
-					if r.Procs[i].ID == ms.p {
-						r.Procs[i].BusyNs += d
-					}
-				}
-			}
+			a.busy += now - ms.start // the span running now counts up to now
 		}
 		r.Threads = append(r.Threads, Thread{MID: ms.id, TID: ms.tid, Created: ms.created, GoroutinesRun: a.runs, BusyNs: a.busy})
 	}

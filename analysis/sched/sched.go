@@ -110,6 +110,11 @@ type mstate struct {
 type pstate struct {
 	id      int32
 	iv, tot activity
+	// holder is the M whose busy span holds the P, from start. A P can be
+	// taken from an M blocked in a syscall and run goroutines on another:
+	// its busy time is then the new M's, not both.
+	holder *mstate
+	start  uint64
 }
 
 // site is one creation site.
@@ -314,10 +319,20 @@ func (m *Model) endSpan(ms *mstate, ts uint64) {
 	ms.iv.busy += d
 	ms.tot.busy += d
 	if ms.p >= 0 {
-		ps := m.pFor(ms.p)
-		ps.iv.busy += d
-		ps.tot.busy += d
+		m.endPSpan(m.pFor(ms.p), ms, ts)
 	}
+}
+
+// endPSpan ends at ts the busy span of ps held by ms, if ms still holds it.
+func (m *Model) endPSpan(ps *pstate, ms *mstate, ts uint64) {
+	if ps.holder != ms {
+		return
+	}
+	if ts > ps.start {
+		ps.iv.busy += ts - ps.start
+		ps.tot.busy += ts - ps.start
+	}
+	ps.holder = nil
 }
 
 func (m *Model) recordWait(reason uint8, since, ts uint64) {
@@ -479,6 +494,12 @@ func (m *Model) goStart(ev *event.Event) {
 	ms.tot.runs++
 	if ev.PID >= 0 {
 		ps := m.pFor(ev.PID)
+		if old := ps.holder; old != nil && old != ms {
+			// The P moved to this M (taken from one in a syscall).
+			m.endPSpan(ps, old, ts)
+			old.p = -1
+		}
+		ps.holder, ps.start = ms, ts
 		ps.iv.runs++
 		ps.tot.runs++
 	}
@@ -543,16 +564,16 @@ func (m *Model) Reset(now uint64) {
 			d := now - ms.start
 			ms.iv.busy += d
 			ms.tot.busy += d
-			if ms.p >= 0 {
-				ps := m.pFor(ms.p)
-				ps.iv.busy += d
-				ps.tot.busy += d
-			}
 			ms.start = now
 		}
 		ms.iv = activity{}
 	}
 	for _, ps := range m.ps {
+		if ps.holder != nil && now > ps.start {
+			ps.iv.busy += now - ps.start
+			ps.tot.busy += now - ps.start
+			ps.start = now
+		}
 		ps.iv = activity{}
 	}
 	for _, s := range m.sites {
