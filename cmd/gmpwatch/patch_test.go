@@ -8,7 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/gmpwatch/gmpwatch/internal/testtarget"
 	"github.com/gmpwatch/gmpwatch/patches"
 )
 
@@ -202,5 +204,38 @@ func TestPatchNew(t *testing.T) {
 	code, out, _ = runMain(t, "patch", "list", "--dir", "out")
 	if code != 0 || !strings.Contains(out, "comment-only") || !strings.Contains(out, "adds a comment") {
 		t.Errorf("list with --dir: %d\n%s", code, out)
+	}
+}
+
+// TestPreemptSliceUnderGmpwatch builds the CPU-bound plus latency-sensitive
+// target with the forced-preemption slice at 2ms and at 50ms and traces each
+// under gmpwatch: the scheduling latency gmpwatch measures (runnable to
+// running) follows the slice, since with GOMAXPROCS=1 the ticker goroutine
+// waits for the spinning one to be preempted.
+func TestPreemptSliceUnderGmpwatch(t *testing.T) {
+	testtarget.RequireRoot(t)
+	pkg := filepath.Join(testtarget.RepoRoot(), "testdata", "preemptlat")
+	p99 := map[string]uint64{}
+	for _, slice := range []string{"2ms", "50ms"} {
+		bin := filepath.Join(t.TempDir(), "preemptlat-"+slice)
+		if code, _, errOut := runMain(t, "patch", "build", "preempt-slice="+slice, "-o", bin, "--", pkg); code != 0 {
+			t.Fatalf("patch build preempt-slice=%s: exit %d: %s", slice, code, errOut)
+		}
+		code, stdout, errOut, _ := runTopMain(t, context.Background(), strings.NewReader(""), "--json", "--", bin, "-mode", "ticker", "-d", "1500ms")
+		if code != 0 {
+			t.Fatalf("gmpwatch -- preemptlat (%s): exit %d: %s", slice, code, errOut)
+		}
+		rs, other := topReports(t, stdout)
+		final := rs[len(rs)-1]
+		if final.Kind != "final" || final.SchedLatency.Count < 20 || final.LostEvents != 0 {
+			t.Fatalf("%s: final report %+v", slice, final.SchedLatency)
+		}
+		p99[slice] = final.SchedLatency.P99Ns
+		t.Logf("preempt-slice=%s: gmpwatch p50 %v p99 %v max %v over %d samples; target: %s", slice,
+			time.Duration(final.SchedLatency.P50Ns), time.Duration(final.SchedLatency.P99Ns), time.Duration(final.SchedLatency.MaxNs),
+			final.SchedLatency.Count, topLine(other, "preemptlat:"))
+	}
+	if p99["50ms"] < 4*p99["2ms"] {
+		t.Errorf("p99 scheduling latency %v with a 50ms slice, %v with 2ms: want at least 4x", time.Duration(p99["50ms"]), time.Duration(p99["2ms"]))
 	}
 }
