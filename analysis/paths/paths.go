@@ -148,6 +148,8 @@ type ginfo struct {
 type Model struct {
 	cfg Config
 
+	gcCycles *uint32 // SetGCCycles
+
 	gs        map[uint64]*ginfo
 	untracked uint64
 
@@ -207,6 +209,10 @@ func New(cfg Config) *Model {
 }
 
 // Config returns the model's configuration (with defaults filled in).
+// SetGCCycles records the GC cycles the runtime completed over the model's
+// span, counted by the runtime itself (memstats.numgc read from memory).
+func (m *Model) SetGCCycles(n uint32) { m.gcCycles = &n }
+
 func (m *Model) Config() Config { return m.cfg }
 
 func retLoc(ev *event.Event) Loc { return Loc{Stack: ev.StackID, PC: ev.PC, Ret: true} }

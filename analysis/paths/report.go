@@ -110,6 +110,9 @@ type MA struct {
 	Sites          []AllocSite `json:"sites"`
 	HeapGrows      uint64      `json:"heap_grows"`
 	HeapGrowBytes  uint64      `json:"heap_grow_bytes"`
+	// GCCycles is the GC cycles completed, from the runtime's own count
+	// (read from memory, not probed); absent when unknown.
+	GCCycles *uint32 `json:"gc_cycles,omitempty"`
 	// Mallocs are mallocgc calls, exact, when that probe was on.
 	Mallocs []AllocSite `json:"mallocs,omitempty"`
 }
@@ -266,7 +269,7 @@ func (m *Model) Report() *Report {
 
 	// MA
 	r.MA.MemProfileRate = m.cfg.MemProfileRate
-	r.MA.HeapGrows, r.MA.HeapGrowBytes = m.heapGrows, m.heapGrowBytes
+	r.MA.HeapGrows, r.MA.HeapGrowBytes, r.MA.GCCycles = m.heapGrows, m.heapGrowBytes, m.gcCycles
 	r.MA.Sites = m.allocSites(m.Allocs, true)
 	for _, s := range r.MA.Sites {
 		r.MA.Samples += s.Samples
@@ -412,6 +415,9 @@ func WriteText(w io.Writer, r *Report) error {
 	}
 	fmt.Fprintf(&b, "\nMemory allocation (MA): %d samples (1 per %d bytes), %d bytes sampled, ~%d bytes estimated; heap grew %d times (%d bytes)\n",
 		r.MA.Samples, r.MA.MemProfileRate, r.MA.SampledBytes, r.MA.EstimatedBytes, r.MA.HeapGrows, r.MA.HeapGrowBytes)
+	if r.MA.GCCycles != nil {
+		fmt.Fprintf(&b, "  GC cycles: %d (the runtime's memstats.numgc)\n", *r.MA.GCCycles)
+	}
 	if r.MA.Samples == 0 && r.Kinds["HeapGrow"] > 0 {
 		b.WriteString("  no sampled allocations: the target's memory profiling is off (MemProfileRate 0, or it never references runtime.MemProfile, so the runtime disables it)\n")
 	}

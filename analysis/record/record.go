@@ -93,6 +93,10 @@ type Stats struct {
 	Duration time.Duration     `json:"duration_ns"`
 	// ExitCode is the traced command's exit status, when gmpwatch started it.
 	ExitCode *int `json:"exit_code,omitempty"`
+	// GCCycles is how many GC cycles the runtime completed while recording
+	// (memstats.numgc read from memory at the start and at the last flush);
+	// absent when the target's layout lacks it.
+	GCCycles *uint32 `json:"gc_cycles,omitempty"`
 }
 
 // Writer writes a recording. It is not safe for concurrent use.

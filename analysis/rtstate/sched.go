@@ -144,13 +144,23 @@ func (r *Reader) Sched() (*Sched, error) {
 	if err := r.countThreads(s); err != nil {
 		return nil, err
 	}
-	if r.memstats != 0 && o.numgc >= 0 {
-		var b [4]byte
-		if err := r.read(b[:], r.memstats+uint64(o.numgc), "runtime.memstats.numgc"); err == nil {
-			s.GCCycles, s.HasGC = binary.LittleEndian.Uint32(b[:]), true
-		}
+	if n, err := r.GCCycles(); err == nil {
+		s.GCCycles, s.HasGC = n, true
 	}
 	return s, nil
+}
+
+// GCCycles reads memstats.numgc, the GC cycles completed, alone: one 4-byte
+// read, cheap enough to poll.
+func (r *Reader) GCCycles() (uint32, error) {
+	if !r.HasGCCycles() {
+		return 0, fmt.Errorf("runtime.memstats.numgc: %w", ErrMissing)
+	}
+	var b [4]byte
+	if err := r.read(b[:], r.memstats+uint64(r.off.numgc), "runtime.memstats.numgc"); err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint32(b[:]), nil
 }
 
 // readProcs reads runtime.allp and each P.

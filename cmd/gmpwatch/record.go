@@ -8,12 +8,16 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gmpwatch/gmpwatch/analysis/event"
 	"github.com/gmpwatch/gmpwatch/analysis/export"
 	"github.com/gmpwatch/gmpwatch/analysis/paths"
+	"github.com/gmpwatch/gmpwatch/analysis/plan"
+	"github.com/gmpwatch/gmpwatch/analysis/procmem"
 	"github.com/gmpwatch/gmpwatch/analysis/record"
+	"github.com/gmpwatch/gmpwatch/analysis/rtstate"
 	"github.com/gmpwatch/gmpwatch/analysis/sched"
 	"github.com/gmpwatch/gmpwatch/ebpf"
 	"github.com/gmpwatch/gmpwatch/internal/session"
@@ -250,9 +254,11 @@ func runRecord(ctx context.Context, env *cmdEnv, args []string) (err error) {
 		return err
 	}
 	exitCode := 0
+	gc := newGCCounter(p, pid)
+	defer gc.close()
 	stats := func() *record.Stats {
 		st := sess.Stats()
-		return &record.Stats{Events: rec.count, Lost: st.Lost, Hits: st.Hits, Duration: time.Since(start)}
+		return &record.Stats{Events: rec.count, Lost: st.Lost, Hits: st.Hits, Duration: time.Since(start), GCCycles: gc.read()}
 	}
 
 	var deadline <-chan time.Time
@@ -306,6 +312,9 @@ loop:
 
 	if f.format != "" {
 		sm.SetLost(final.Lost)
+		if final.GCCycles != nil {
+			pm.SetGCCycles(*final.GCCycles)
+		}
 		in := &export.Input{Meta: *meta, Stats: *final, Sched: sm.Total(0), Paths: pm, Symbolize: rec.sess.Sym.Symbolize}
 		if f.format == "perfetto" || f.format == "jsonl" {
 			// These need every event: read them back.
@@ -344,3 +353,66 @@ loop:
 	}
 	return nil
 }
+
+// gcCounter counts the GC cycles the target completes, from the runtime's
+// memstats.numgc read through /proc/PID/mem (no probe), polled so that the
+// count is at most a poll period old when the target exits.
+type gcCounter struct {
+	mu          sync.Mutex
+	first, last uint32
+	ok          bool
+	stop        chan struct{}
+}
+
+const gcPoll = 50 * time.Millisecond
+
+func newGCCounter(p *plan.Plan, pid int) *gcCounter {
+	g := &gcCounter{stop: make(chan struct{})}
+	mem, err := procmem.Open(pid)
+	if err != nil {
+		return g
+	}
+	rt, err := rtstate.New(p, mem)
+	if err != nil || !rt.HasGCCycles() {
+		mem.Close()
+		return g
+	}
+	if n, err := rt.GCCycles(); err == nil {
+		g.first, g.last, g.ok = n, n, true
+	}
+	go func() {
+		defer mem.Close()
+		tick := time.NewTicker(gcPoll)
+		defer tick.Stop()
+		for {
+			select {
+			case <-g.stop:
+				return
+			case <-tick.C:
+				n, err := rt.GCCycles()
+				if err != nil {
+					return // the target is gone: the last count stands
+				}
+				g.mu.Lock()
+				g.last = n
+				g.mu.Unlock()
+			}
+		}
+	}()
+	return g
+}
+
+// read returns the cycles completed since the counter started; nil when
+// the target's layout does not tell them.
+func (g *gcCounter) read() *uint32 {
+	if !g.ok {
+		return nil
+	}
+	g.mu.Lock()
+	n := g.last - g.first
+	g.mu.Unlock()
+	return &n
+}
+
+// close stops the polling.
+func (g *gcCounter) close() { close(g.stop) }

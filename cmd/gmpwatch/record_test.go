@@ -90,6 +90,7 @@ func TestReportBadInput(t *testing.T) {
 
 // pathsTarget holds what testdata/paths printed.
 type pathsTarget struct {
+	gcCycles           int64 // the target's own runtime.MemStats.NumGC at its end
 	allocFunc, allocAt string
 	allocBytes         int64
 	blockAt            string
@@ -116,6 +117,8 @@ func parsePathsOutput(t *testing.T, lines []string) pathsTarget {
 		case len(f) == 3 && f[0] == "leak":
 			p.leakAt = f[1]
 			p.leaked, _ = strconv.ParseInt(f[2], 10, 64)
+		case len(f) == 2 && f[0] == "gc":
+			p.gcCycles, _ = strconv.ParseInt(f[1], 10, 64)
 		case len(f) == 4 && f[0] == "threads":
 			p.threads, _ = strconv.ParseInt(f[1], 10, 64)
 			p.syscallAt = f[2]
@@ -196,6 +199,11 @@ func TestRecordPaths(t *testing.T) {
 	code, fromFile, stderr, _ := runTopMain(t, ctx, nil, "report", rec, "-f", "text")
 	if code != 0 || fromFile != live {
 		t.Errorf("report differs from the live run (status %d, stderr %q):\nlive:\n%s\nreport:\n%s", code, stderr, live, fromFile)
+	}
+	// GC cycles, counted by the runtime, read from its memory: the target's
+	// last GC comes before its final quiet phase (locked sleeps).
+	if want := fmt.Sprintf("GC cycles: %d ", target.gcCycles); target.gcCycles == 0 || !strings.Contains(live, want) {
+		t.Errorf("text lacks %q (the target counted %d):\n%s", want, target.gcCycles, live)
 	}
 	leakSite := fmt.Sprintf("alive %d", target.leaked)
 	if !strings.Contains(live, target.leakAt) || !strings.Contains(live, leakSite) || !strings.Contains(live, "LEAK? alive kept rising") {

@@ -122,6 +122,9 @@ func main() {
 	block(*blockFor)
 	leak(*nleak, 10*time.Millisecond)
 	lockedSyscalls(4, 100*time.Millisecond)
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	fmt.Printf("gc %d\n", ms.NumGC)
 	fmt.Println("done")
 	os.Exit(*exit)
 }
