@@ -103,6 +103,9 @@ func FromRecording(rec *record.Recording, opts Options) *Input {
 	sm := sched.New(sched.Config{WaitReasons: wr, Symbolize: sym})
 	pm := paths.New(paths.Config{WaitReasons: wr, Symbolize: sym, Stacks: func(id int32) []uint64 { return rec.Stacks[id] },
 		MemProfileRate: opts.MemProfileRate})
+	if rec.Stats.GCCycles != nil {
+		pm.SetGCCycles(*rec.Stats.GCCycles)
+	}
 	for i := range rec.Events {
 		sm.Handle(&rec.Events[i])
 		pm.Handle(&rec.Events[i])

@@ -35,11 +35,16 @@ var globalRecipes = map[string]globalRecipe{
 	"runtime.gomaxprocs": {"runtime.GOMAXPROCS", firstLoad4, "first 4-byte load in runtime.GOMAXPROCS"},
 	// pidleget reads sched.pidle first; the variable starts that far before.
 	"runtime.sched": {"runtime.pidleget", schedFromPidle, "first load in runtime.pidleget less the offset of sched.pidle"},
+	// resetCapacity's only load of a variable is memstats.numgc (a uint32:
+	// l.lastEnabledCycle.Store(memstats.numgc + 1)), in go1.19 to go1.27;
+	// go1.18 has no CPU limiter. Without the offset of mstats.numgc (a
+	// release whose table lacks it) the variable stays unknown.
+	"runtime.memstats": {"runtime.(*gcCPULimiterState).resetCapacity", memstatsFromNumgc, "only 4-byte load in runtime.(*gcCPULimiterState).resetCapacity less the offset of mstats.numgc"},
 }
 
 // GlobalNames lists the runtime variables gmpwatch can find without .symtab.
 func GlobalNames() []string {
-	return []string{"runtime.allgs", "runtime.allglen", "runtime.allm", "runtime.allp", "runtime.sched", "runtime.gomaxprocs", "runtime.waitReasonStrings"}
+	return []string{"runtime.allgs", "runtime.allglen", "runtime.allm", "runtime.allp", "runtime.sched", "runtime.gomaxprocs", "runtime.waitReasonStrings", "runtime.memstats"}
 }
 
 // FindGlobal returns the link-time address of a runtime variable: from
@@ -177,4 +182,28 @@ func schedFromPidle(refs []ripRef, offsets map[string]int64) (uint64, bool) {
 		return 0, false
 	}
 	return a - uint64(off), true
+}
+
+// memstatsFromNumgc takes the one 4-byte variable load, memstats.numgc, and
+// steps back to the start of runtime.memstats. Several distinct 4-byte
+// loads mean the code is not the one the recipe was made from.
+func memstatsFromNumgc(refs []ripRef, offsets map[string]int64) (uint64, bool) {
+	off, ok := offsets["mstats.numgc"]
+	if !ok {
+		return 0, false
+	}
+	var numgc uint64
+	for _, r := range refs {
+		if !isMov(r.op) || !r.load || r.size != 4 {
+			continue
+		}
+		if numgc != 0 && r.target != numgc {
+			return 0, false
+		}
+		numgc = r.target
+	}
+	if numgc == 0 || numgc < uint64(off) {
+		return 0, false
+	}
+	return numgc - uint64(off), true
 }

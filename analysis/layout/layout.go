@@ -6,7 +6,9 @@
 //
 // Keys are "struct.field" with the struct named as the runtime's code names
 // its variables: "g.goid", "m.procid", "p.runqhead", "sched.timeToRun" (for
-// runtime.schedt), "gobuf.sp", "gQueue.size", "gList.head". Fields renamed
+// runtime.schedt), "gobuf.sp", "gQueue.size", "gList.head", "mstats.numgc"
+// (for runtime.mstats, the type of runtime.memstats; in the tables of
+// go1.19, go1.26 and go1.27 only). Fields renamed
 // between releases are stored under their newest name (g.trackingStamp was
 // g.runnableStamp up to go1.19).
 package layout
@@ -59,7 +61,7 @@ var structs = map[string]string{
 	"runtime.gobuf":  "gobuf",
 	"runtime.gQueue": "gQueue",
 	"runtime.gList":  "gList",
-	"runtime.mstats": "mstats", // numgc; DWARF only, the tables lack it
+	"runtime.mstats": "mstats", // numgc: tables carry it for go1.19, go1.26, go1.27
 }
 
 // renamed maps an old field key to its newest name.
@@ -258,6 +260,10 @@ var TableFields = []struct {
 	{"runtime.p", []string{"id", "status", "link", "schedtick", "syscalltick", "m", "mcache", "goidcache", "runqhead", "runqtail", "runq", "runnext", "gFree", "timers", "goroutinesCreated"}},
 	{"runtime.gQueue", []string{"head", "tail", "size"}},
 	{"runtime.schedt", []string{"goidgen", "lastpoll", "lock", "midle", "nmidle", "mnext", "maxmcount", "ngsys", "nGsyscallNoP", "pidle", "npidle", "nmspinning", "runq", "runqsize", "gcwaiting", "stopwait", "timeToRun", "idleTime", "totalMutexWaitTime", "goroutinesCreated"}},
+	// runtime.memstats: numgc counts completed GC cycles. Only the tables of
+	// the releases whose builds were checked have this block; without it a
+	// stripped binary's GC count is unknown.
+	{"runtime.mstats", []string{"numgc"}},
 }
 
 // WriteTable writes l in the table format, with the fields of TableFields.

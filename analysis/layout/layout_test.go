@@ -2,9 +2,13 @@ package layout
 
 import (
 	"bytes"
+	"debug/buildinfo"
+	"debug/elf"
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/gmpwatch/gmpwatch/internal/testtarget"
 )
 
 // TestTables checks every table against RUNTIME-FACTS.md's summary of the
@@ -64,6 +68,51 @@ func TestTables(t *testing.T) {
 	}
 	if _, ok := mustTable(t, "go1.20.14").Offsets["g.parentGoid"]; ok {
 		t.Error("go1.20 has no g.parentGoid")
+	}
+}
+
+// TestTablesNumgc checks the offset of runtime.mstats.numgc in the tables of
+// the releases this machine builds against the DWARF of a build by each:
+// the go1.19.13 table is checked against go1.19.8, the same minor release.
+// The other tables lack it, so a stripped binary's GC count stays unknown.
+func TestTablesNumgc(t *testing.T) {
+	for _, tc := range testtarget.Toolchains {
+		t.Run(string(tc), func(t *testing.T) {
+			bin := testtarget.Build(t, "gosched", tc, testtarget.Plain)
+			info, err := buildinfo.ReadFile(bin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := elf.Open(bin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			d, err := f.DWARF()
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := FromDWARF(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w, ok := want.Offsets["mstats.numgc"]
+			if !ok || w < 4096 { // past the heap stats and pause_ns in every release
+				t.Fatalf("DWARF of %s: mstats.numgc = %d, %v", info.GoVersion, w, ok)
+			}
+			l := mustTable(t, info.GoVersion)
+			if got, ok := l.Offsets["mstats.numgc"]; !ok || got != w {
+				t.Errorf("table for %s: mstats.numgc = %d (%v), DWARF says %d (%s)", info.GoVersion, got, ok, w, l.Note)
+			}
+			if l.Sizes["mstats"] != want.Sizes["mstats"] {
+				t.Errorf("table for %s: mstats size %d, DWARF says %d", info.GoVersion, l.Sizes["mstats"], want.Sizes["mstats"])
+			}
+		})
+	}
+	for _, v := range []string{"go1.18.10", "go1.25.14"} {
+		if off, ok := mustTable(t, v).Offsets["mstats.numgc"]; ok {
+			t.Errorf("%s: mstats.numgc = %d from a table never checked against a build", v, off)
+		}
 	}
 }
 

@@ -80,9 +80,9 @@ var probeSpecs = []struct {
 // globalNames are the runtime variables a plan locates.
 var globalNames = []string{
 	"runtime.allgs", "runtime.allglen", "runtime.allp", "runtime.allm", "runtime.sched",
-	"runtime.gomaxprocs", "runtime.waitReasonStrings",
+	"runtime.gomaxprocs", "runtime.waitReasonStrings", "runtime.memstats",
 	// .symtab only: absent from stripped plans.
-	"runtime.ncpu", "runtime.memstats", "runtime.work", "runtime.mheap_", "runtime.buildVersion",
+	"runtime.ncpu", "runtime.work", "runtime.mheap_", "runtime.buildVersion",
 }
 
 // requiredGlobals must be found, with or without .symtab.

@@ -132,9 +132,9 @@ func New(p *plan.Plan, mem Memory) (*Reader, error) {
 			missing = append(missing, "sched.runqsize or sched.runq+gQueue.size")
 		}
 	}
-	// GC cycles: memstats.numgc. The layout tables carry no runtime.mstats
-	// offsets; the plan gives "mstats.numgc" when it knows it (DWARF). If it
-	// does not, stat reports GC cycles as unknown.
+	// GC cycles: memstats.numgc, from DWARF, or from the tables of the
+	// releases the tests can build (go1.19, go1.26, go1.27); without it stat
+	// reports GC cycles as unknown.
 	o.numgc = opt("mstats.numgc")
 
 	r.allgs = global("runtime.allgs", true)
