@@ -26,13 +26,26 @@ type Report struct {
 	WaitReasons    []WaitReason `json:"wait_reasons"`
 	CreationSites  []Site       `json:"creation_sites"`
 	ThreadsCreated uint64       `json:"threads_created"`
-	Preemptions    uint64       `json:"preemptions"`
-	Yields         uint64       `json:"yields"`
-	Syscalls       Syscalls     `json:"syscalls"`
-	Procs          []Proc       `json:"procs"`
-	Threads        []Thread     `json:"threads"`
-	Events         uint64       `json:"events"`
-	LostEvents     uint64       `json:"lost_events"`
+	// ThreadsWhy counts the threads created by the runtime function that
+	// asked for each (newm's caller: startm for a spinning M or a P handed
+	// off from a syscall, startTemplateThread for LockOSThread, ...).
+	ThreadsWhy []ThreadReason `json:"threads_why"`
+	// HeapGrows and HeapGrowBytes count the heap's growth ((*mheap).grow).
+	HeapGrows     uint64   `json:"heap_grows"`
+	HeapGrowBytes uint64   `json:"heap_grow_bytes"`
+	Preemptions   uint64   `json:"preemptions"`
+	Yields        uint64   `json:"yields"`
+	Syscalls      Syscalls `json:"syscalls"`
+	Procs         []Proc   `json:"procs"`
+	Threads       []Thread `json:"threads"`
+	Events        uint64   `json:"events"`
+	LostEvents    uint64   `json:"lost_events"`
+}
+
+// ThreadReason is a runtime function that created threads.
+type ThreadReason struct {
+	Function string `json:"function"`
+	Count    uint64 `json:"count"`
 }
 
 // Goroutines counts goroutines.
@@ -137,6 +150,8 @@ func (m *Model) report(kind string, slot int, now uint64) *Report {
 		StartNs:        c.start,
 		EndNs:          now,
 		ThreadsCreated: c.threadsCreated,
+		HeapGrows:      c.heapGrows,
+		HeapGrowBytes:  c.heapGrowBytes,
 		Preemptions:    c.preemptions,
 		Yields:         c.yields,
 		Syscalls:       Syscalls{Count: c.syscalls, TotalNs: c.syscallNs},
@@ -146,6 +161,27 @@ func (m *Model) report(kind string, slot int, now uint64) *Report {
 	if now > c.start && c.start != 0 {
 		r.DurationNs = now - c.start
 	}
+	r.ThreadsWhy = []ThreadReason{}
+	why := map[string]uint64{}
+	for pc, n := range c.threadWhy {
+		name := fmt.Sprintf("%#x", pc)
+		if m.cfg.Symbolize != nil {
+			if f, ok := m.cfg.Symbolize(pc, true); ok {
+				name = f.Func
+			}
+		}
+		why[name] += n
+	}
+	for name, n := range why {
+		r.ThreadsWhy = append(r.ThreadsWhy, ThreadReason{Function: name, Count: n})
+	}
+	sort.Slice(r.ThreadsWhy, func(i, j int) bool {
+		a, b := r.ThreadsWhy[i], r.ThreadsWhy[j]
+		if a.Count != b.Count {
+			return a.Count > b.Count
+		}
+		return a.Function < b.Function
+	})
 	r.Goroutines = Goroutines{
 		Created:         c.created,
 		Exited:          c.exited,

@@ -149,6 +149,9 @@ type counters struct {
 	untracked       uint64 // goroutines created while the bound was reached
 	untrackedEvents uint64 // events about goroutines the model could not track
 	threadsCreated  uint64
+	threadWhy       map[uint64]uint64 // threads created, by newm's caller (a return address)
+	heapGrows       uint64
+	heapGrowBytes   uint64
 	preemptions     uint64
 	yields          uint64
 	syscalls        uint64
@@ -407,9 +410,20 @@ func (m *Model) Handle(ev *event.Event) {
 		m.goExit(ev)
 	case event.KindSchedule:
 		m.endSpan(m.mFor(ev), ts)
+	case event.KindHeapGrow:
+		m.both(func(c *counters) { c.heapGrows++; c.heapGrowBytes += ev.Aux })
 	case event.KindThreadCreate:
 		m.mFor(ev) // the creating M
-		m.both(func(c *counters) { c.threadsCreated++ })
+		m.both(func(c *counters) {
+			c.threadsCreated++
+			if ev.PC == 0 {
+				return // the asking function is unknown
+			}
+			if c.threadWhy == nil {
+				c.threadWhy = map[uint64]uint64{}
+			}
+			c.threadWhy[ev.PC]++
+		})
 		id := int64(ev.Aux)
 		if id < 0 {
 			break // newm(fn, pp, -1): the id is reserved later, unknown here

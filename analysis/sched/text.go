@@ -147,8 +147,11 @@ func WriteFinal(w io.Writer, r *Report) error {
 		tw.Flush()
 	}
 
-	fmt.Fprintf(&b, "\nThreads: %d created; preemptions %d, yields %d; syscalls %d (%s)\n",
-		r.ThreadsCreated, r.Preemptions, r.Yields, r.Syscalls.Count, FormatNs(r.Syscalls.TotalNs))
+	fmt.Fprintf(&b, "\nThreads: %d created%s; preemptions %d, yields %d; syscalls %d (%s)\n",
+		r.ThreadsCreated, threadsWhy(r.ThreadsWhy), r.Preemptions, r.Yields, r.Syscalls.Count, FormatNs(r.Syscalls.TotalNs))
+	if r.HeapGrows > 0 {
+		fmt.Fprintf(&b, "Heap grew %d times, %s asked\n", r.HeapGrows, FormatBytes(r.HeapGrowBytes))
+	}
 	if len(r.Procs) > 0 {
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintf(tw, "  P\truns\tbusy\tbusy%%\t\n")
@@ -212,4 +215,29 @@ func writeHistogram(b *strings.Builder, bs []Bucket) {
 		fmt.Fprintf(tw, "  %s\t..\t%s\t%d\t |%s\n", FormatNs(x.LoNs), FormatNs(x.HiNs+1), x.Count, strings.Repeat("#", n))
 	}
 	tw.Flush()
+}
+
+// threadsWhy lists who asked for the threads: " (runtime.startm 3, ...)".
+func threadsWhy(why []ThreadReason) string {
+	if len(why) == 0 {
+		return ""
+	}
+	parts := make([]string, len(why))
+	for i, w := range why {
+		parts[i] = fmt.Sprintf("%s %d", w.Function, w.Count)
+	}
+	return " (by " + strings.Join(parts, ", ") + ")"
+}
+
+// FormatBytes renders a byte count for people: 512 B, 4.0 MiB.
+func FormatBytes(n uint64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
 }

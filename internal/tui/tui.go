@@ -198,6 +198,8 @@ type Model struct {
 	lostAt0   uint64
 
 	created, exited, threadsCreated uint64
+	threadsWhy                      map[string]uint64 // threads created by the runtime function that asked
+	heapGrows, heapGrowBytes        uint64
 	lat                             map[uint64]*bucket // by LoNs
 	latN, latMax                    uint64
 	p99Hist                         []uint64
@@ -221,6 +223,7 @@ func New(info Info) *Model {
 func (m *Model) reset(at time.Time) {
 	m.resetAt = at
 	m.created, m.exited, m.threadsCreated = 0, 0, 0
+	m.threadsWhy, m.heapGrows, m.heapGrowBytes = nil, 0, 0
 	m.lat = map[uint64]*bucket{}
 	m.latN, m.latMax = 0, 0
 	m.p99Hist = nil
@@ -365,6 +368,14 @@ func (m *Model) apply(s Snapshot) {
 	m.created += r.Goroutines.Created
 	m.exited += r.Goroutines.Exited
 	m.threadsCreated += r.ThreadsCreated
+	for _, w := range r.ThreadsWhy {
+		if m.threadsWhy == nil {
+			m.threadsWhy = map[string]uint64{}
+		}
+		m.threadsWhy[w.Function] += w.Count
+	}
+	m.heapGrows += r.HeapGrows
+	m.heapGrowBytes += r.HeapGrowBytes
 	for _, b := range r.SchedLatency.Histogram {
 		if x := m.lat[b.LoNs]; x != nil {
 			x.n += b.Count

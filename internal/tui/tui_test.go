@@ -87,6 +87,9 @@ func feedLeak(t *testing.T, m *Model, n int) {
 				{Reason: "select", Count: 300, TotalNs: 1e6},
 			},
 			ThreadsCreated: 1,
+			ThreadsWhy:     []sched.ThreadReason{{Function: "runtime.startm", Count: 1}},
+			HeapGrows:      1,
+			HeapGrowBytes:  4 << 20,
 			Procs:          []sched.Proc{{ID: 0, BusyNs: 2e8}, {ID: 1, BusyNs: 9e8}},
 			Threads:        []sched.Thread{{MID: 0, TID: 4242, BusyNs: 2e8, GoroutinesRun: 10}, {MID: 3, TID: 4250, Created: true, BusyNs: 9e8, GoroutinesRun: 400}},
 		}))
@@ -101,7 +104,8 @@ func TestTotalsAndLatency(t *testing.T) {
 		"PID 4242  app  go1.26.8", "up 1h0m3s", "traced 3s",
 		"probes 3 on (500 hits/s)", "events 3000 (1000/s)", "lost 0",
 		"total created 303 exited 300", "created 101/s exited 100/s", "traced alive 4 (running 1",
-		"created 3", // threads
+		"created 3 (by startm 3)", // threads, and who asked for them
+		"heap grew 3× 12.0 MiB",
 	} {
 		if !strings.Contains(v, want) {
 			t.Errorf("view lacks %q:\n%s", want, v)

@@ -199,6 +199,17 @@ func (m *Model) threadLine() string {
 		fmt.Fprintf(&b, "  (memory read failed: %s)", m.last.GMPErr)
 	}
 	fmt.Fprintf(&b, "  created %d", m.threadsCreated)
+	if len(m.threadsWhy) > 0 {
+		why := make([]string, 0, len(m.threadsWhy))
+		for fn, n := range m.threadsWhy {
+			why = append(why, fmt.Sprintf("%s %d", strings.TrimPrefix(fn, "runtime."), n))
+		}
+		sort.Strings(why)
+		fmt.Fprintf(&b, " (by %s)", strings.Join(why, ", "))
+	}
+	if m.heapGrows > 0 {
+		fmt.Fprintf(&b, "  heap grew %d× %s", m.heapGrows, sched.FormatBytes(m.heapGrowBytes))
+	}
 	if g := m.gmp(); g != nil && g.HasGC {
 		fmt.Fprintf(&b, "  GC cycles %d (+%d)", g.GCCycles, m.gcDelta)
 	} else {
