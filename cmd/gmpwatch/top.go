@@ -6,6 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/gmpwatch/gmpwatch/analysis/sched"
@@ -75,8 +78,24 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 	}
 
 	// The target: a running process, or a command started stopped before
-	// its first instruction and released once the probes are on.
-	sess, err := session.Start(session.Config{PID: f.pid, Command: f.cmd, NoStacks: true, Stdin: env.stdin, Stdout: env.stdout, Stderr: env.stderr})
+	// its first instruction and released once the probes are on. Under the
+	// live view a command's output would draw over the screen: it goes to a
+	// log file, named at the end, and it reads no terminal input.
+	live := wantLiveView(f, env)
+	childIn, childOut, childErr := env.stdin, env.stdout, env.stderr
+	if live && len(f.cmd) > 0 {
+		childIn = strings.NewReader("") // keystrokes are the view's
+		logf, err := os.CreateTemp("", "gmpwatch-"+filepath.Base(f.cmd[0])+"-*.log")
+		if err != nil {
+			return err
+		}
+		defer func() {
+			logf.Close()
+			fmt.Fprintf(env.stderr, "The output of %s is in %s.\n", f.cmd[0], logf.Name())
+		}()
+		childOut, childErr = logf, logf
+	}
+	sess, err := session.Start(session.Config{PID: f.pid, Command: f.cmd, NoStacks: true, Stdin: childIn, Stdout: childOut, Stderr: childErr})
 	if err != nil {
 		return err
 	}
@@ -103,7 +122,7 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 	// On a terminal, the live view (tui.go) shows the intervals; quitting it
 	// ends ctx. It is closed, restoring the terminal, before the final report.
 	var lv *liveView
-	if wantLiveView(f, env) {
+	if live {
 		lv, ctx = startLiveView(ctx, env, sess, f.interval)
 		defer lv.close()
 	}

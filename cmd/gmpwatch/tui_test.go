@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -267,5 +268,44 @@ func TestLiveViewChoice(t *testing.T) {
 		if wantLiveView(f, &cmdEnv{stdout: &buf, stderr: &buf, stdin: strings.NewReader("")}) {
 			t.Errorf("%+v: live view on a strings.Builder", f)
 		}
+	}
+}
+
+// TestLiveViewCommandOutput runs `gmpwatch -- gosched` in the live view:
+// the seed program's output goes to a log file that gmpwatch names at the
+// end, not over the view, and the final report follows.
+func TestLiveViewCommandOutput(t *testing.T) {
+	testtarget.RequireRoot(t)
+	if _, err := exec.LookPath("tmux"); err != nil {
+		testtarget.SkipOrFail(t, "tmux not installed: %v", err)
+	}
+	gmpwatch := gmpwatchBinary(t)
+	bin := testtarget.Build(t, "gosched", testtarget.Go126, testtarget.Plain)
+	pane := &tmuxPane{t: t, socket: fmt.Sprintf("gmpwatch-test-cmd-%d", os.Getpid())}
+	script := fmt.Sprintf("%s -i 200ms -- %s; echo \"gmpwatch exited $?\"; exec sleep 600", gmpwatch, bin)
+	pane.run("new-session", "-d", "-s", "live", "-x", "160", "-y", "50", "sh", "-c", script)
+	t.Cleanup(func() { _ = exec.Command("tmux", "-L", pane.socket, "kill-server").Run() })
+
+	screen := pane.waitText("gmpwatch exited 0", 60*time.Second)
+	m := regexp.MustCompile(`The output of \S+ is in (\S+)\.`).FindStringSubmatch(screen)
+	if m == nil {
+		t.Fatalf("gmpwatch did not name the command's log:\n%s", screen)
+	}
+	t.Cleanup(func() { os.Remove(m[1]) })
+	out, err := os.ReadFile(m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// How many of the 5 "Aario" come before "Hello" is up to the scheduler
+	// (the seed's point); "Hello" ends the output.
+	lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+	if len(lines) == 0 || len(lines) > 6 || lines[len(lines)-1] != "Hello" || strings.Count(string(out), "Aario\n") != len(lines)-1 {
+		t.Errorf("log %s holds %q: want up to 5 Aario, then Hello", m[1], out)
+	}
+	if strings.Contains(screen, "Aario") {
+		t.Errorf("the command's output reached the terminal:\n%s", screen)
+	}
+	if !strings.Contains(screen, "gmpwatch report:") || !strings.Contains(screen, "main.main") {
+		t.Errorf("no final report after the live view:\n%s", screen)
 	}
 }
