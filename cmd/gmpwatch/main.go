@@ -131,3 +131,17 @@ func usage(w io.Writer) {
 	}
 	fmt.Fprintln(w, "\nWithout a command, gmpwatch -p PID or gmpwatch -- CMD ARGS runs the live view.")
 }
+
+// commandArgs returns the command given after "--" in args, where rest is
+// what the flag set left unparsed (flag stops at "--" and drops it; it also
+// stops at the first non-flag, which is then an error).
+func commandArgs(args, rest []string) ([]string, error) {
+	dashdash := len(args) >= len(rest)+1 && args[len(args)-len(rest)-1] == "--"
+	switch {
+	case len(rest) > 0 && !dashdash:
+		return nil, usageErrorf("unexpected argument %q (put the command after --: gmpwatch -- CMD ARGS)", rest[0])
+	case dashdash && len(rest) == 0:
+		return nil, usageErrorf("no command after --")
+	}
+	return rest, nil
+}

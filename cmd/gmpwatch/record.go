@@ -60,15 +60,10 @@ func parseRecordFlags(args []string) (*recordFlags, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, usageErrorf("%v", err)
 	}
-	rest := fs.Args()
-	dashdash := len(args) >= len(rest)+1 && args[len(args)-len(rest)-1] == "--"
-	switch {
-	case len(rest) > 0 && !dashdash:
-		return nil, usageErrorf("unexpected argument %q (put the command after --)", rest[0])
-	case dashdash && len(rest) == 0:
-		return nil, usageErrorf("no command after --")
+	var err error
+	if f.cmd, err = commandArgs(args, fs.Args()); err != nil {
+		return nil, err
 	}
-	f.cmd = rest
 	if *probes != "" {
 		for _, p := range strings.Split(*probes, ",") {
 			p = strings.TrimSpace(p)

@@ -46,16 +46,10 @@ func parseTopFlags(args []string) (*topFlags, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, usageErrorf("%v", err)
 	}
-	rest := fs.Args()
-	// flag stops at "--" and drops it; it also stops at the first non-flag.
-	dashdash := len(args) >= len(rest)+1 && args[len(args)-len(rest)-1] == "--"
-	switch {
-	case len(rest) > 0 && !dashdash:
-		return nil, usageErrorf("unexpected argument %q (put the command after --: gmpwatch -- CMD ARGS)", rest[0])
-	case dashdash && len(rest) == 0:
-		return nil, usageErrorf("no command after --")
+	var err error
+	if f.cmd, err = commandArgs(args, fs.Args()); err != nil {
+		return nil, err
 	}
-	f.cmd = rest
 	switch {
 	case f.pid != 0 && len(f.cmd) > 0:
 		return nil, usageErrorf("give -p PID or -- CMD, not both")
