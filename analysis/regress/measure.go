@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"time"
@@ -23,19 +22,24 @@ type Outcome struct {
 	GoVersion string
 }
 
-// Measurer measures one run of a command. A Measurer is used once: Start,
-// then Finish.
+// ErrNotStarted: a measurer could not start the command, or stopped it
+// before its first instruction (it could not be measured): the command did
+// not run.
+var ErrNotStarted = errors.New("command not started")
+
+// Measurer measures one run of a command. A Measurer is used once.
 type Measurer interface {
-	// Method is how it measures: MethodEBPF or MethodRuntimeHistogram.
+	// Method is how it measures: MethodEBPF or MethodRuntimeHistogram. A
+	// measurer that decides at its run (one that falls back) tells, after
+	// Run, the method it used.
 	Method() string
-	// Start starts cmd (configured, not started) under measurement.
-	// cmd.Stdout and cmd.Stderr must be nil or *os.File: the measurer owns
-	// the process and may not call cmd.Wait.
-	Start(cmd *exec.Cmd) error
-	// Finish waits for the command to end and returns what was measured.
-	// A command that fails is no error: its status is in the Outcome. An
-	// error means the run could not be measured.
-	Finish() (Outcome, error)
+	// Run starts argv under measurement, with an empty standard input and
+	// its output to stdout and stderr (nil: discarded), waits for it to end
+	// and returns what was measured. When ctx is done it kills the command
+	// (SIGKILL) and returns what it can. A command that fails is no error:
+	// its status is in the Outcome. An error means the run could not be
+	// measured; it wraps ErrNotStarted when the command did not run.
+	Run(ctx context.Context, argv []string, stdout, stderr *os.File) (Outcome, error)
 }
 
 // Runner runs commands N times under a Measurer.
@@ -44,13 +48,12 @@ type Runner struct {
 	N int
 	// NewMeasurer returns a fresh Measurer for each run.
 	NewMeasurer func() Measurer
-	// Method is NewMeasurer's method, recorded in the records.
+	// Method is NewMeasurer's method, recorded in the records; when empty,
+	// the records take the method the first run's measurer used. Every run
+	// of a record must be measured the same way.
 	Method string
 	// Progress receives a line per run ("run 3/10 new: ..."); may be nil.
 	Progress io.Writer
-	// Env and Dir are those of the commands (nil and "" inherit).
-	Env []string
-	Dir string
 	// OutputTail is how many bytes of a failed run's output are kept
 	// (default 4096).
 	OutputTail int
@@ -91,6 +94,11 @@ func (r *Runner) Run(ctx context.Context, cmd, base []string) (newRec, baseRec *
 			if rec.GoVersion == "" {
 				rec.GoVersion = run.goVersion
 			}
+			if rec.Method == "" {
+				rec.Method = run.method
+			} else if run.method != "" && run.method != rec.Method {
+				return newRec, baseRec, fmt.Errorf("run %d/%d of %s was measured by %s, the runs before by %s", i, r.N, rec.Label, run.method, rec.Method)
+			}
 			if r.Progress != nil {
 				fmt.Fprintf(r.Progress, "run %d/%d %s: %s\n", i, r.N, rec.Label, run.progress())
 			}
@@ -105,6 +113,7 @@ func (r *Runner) Run(ctx context.Context, cmd, base []string) (newRec, baseRec *
 type runResult struct {
 	Run
 	goVersion string
+	method    string
 }
 
 func (r *runResult) progress() string {
@@ -118,67 +127,38 @@ func (r *runResult) progress() string {
 
 func (r *Runner) runOnce(ctx context.Context, argv []string, index int) runResult {
 	res := runResult{Run: Run{Index: index}}
-	fail := func(err error) runResult {
+	pr, pw, err := os.Pipe()
+	if err != nil {
 		res.ExitStatus = -1
 		res.Error = err.Error()
 		return res
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = r.Env
-	cmd.Dir = r.Dir
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return fail(err)
-	}
 	defer pr.Close()
-	cmd.Stdout, cmd.Stderr = pw, pw
 	tailSize := r.OutputTail
 	if tailSize <= 0 {
 		tailSize = 4096
 	}
 	out := &tailBuffer{max: tailSize}
 	copied := make(chan struct{})
-
-	m := r.NewMeasurer()
-	start := time.Now()
-	err = m.Start(cmd)
-	pw.Close()
-	if err != nil {
-		return fail(fmt.Errorf("start %s: %w", argv[0], err))
-	}
 	go func() {
 		io.Copy(out, pr)
 		close(copied)
 	}()
-	// Cancellation and the timeout kill the process; the measurer still
-	// sees it end.
-	stop := make(chan struct{})
-	var killed string
-	var killMu sync.Mutex
-	go func() {
-		var timeout <-chan time.Time
-		if r.Timeout > 0 {
-			t := time.NewTimer(r.Timeout)
-			defer t.Stop()
-			timeout = t.C
-		}
-		select {
-		case <-ctx.Done():
-			killMu.Lock()
-			killed = "cancelled"
-			killMu.Unlock()
-		case <-timeout:
-			killMu.Lock()
-			killed = fmt.Sprintf("timed out after %v", r.Timeout)
-			killMu.Unlock()
-		case <-stop:
-			return
-		}
-		cmd.Process.Kill()
-	}()
-	o, merr := m.Finish()
-	close(stop)
+
+	// Cancellation and the timeout end runCtx: the measurer kills the
+	// process and still sees it end.
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if r.Timeout > 0 {
+		runCtx, cancel = context.WithTimeout(ctx, r.Timeout)
+		defer cancel()
+	}
+	m := r.NewMeasurer()
+	start := time.Now()
+	o, merr := m.Run(runCtx, argv, pw, pw)
+	pw.Close()
 	res.WallNS = time.Since(start).Nanoseconds()
+	res.method = m.Method()
 	// A background grandchild may keep the pipe open: wait a little, then
 	// take what came.
 	select {
@@ -188,13 +168,19 @@ func (r *Runner) runOnce(ctx context.Context, argv []string, index int) runResul
 		<-copied
 	}
 	res.Metrics, res.ExitStatus, res.Signal, res.goVersion = o.Metrics, o.ExitStatus, o.Signal, o.GoVersion
-	killMu.Lock()
-	if killed != "" {
-		res.Error = killed
+	switch {
+	case ctx.Err() != nil:
+		res.Error = "cancelled"
+	case runCtx.Err() != nil:
+		res.Error = fmt.Sprintf("timed out after %v", r.Timeout)
 	}
-	killMu.Unlock()
 	if merr != nil && res.Error == "" {
-		res.Error = "not measured: " + merr.Error()
+		if errors.Is(merr, ErrNotStarted) {
+			res.ExitStatus = -1
+			res.Error = merr.Error()
+		} else {
+			res.Error = "not measured: " + merr.Error()
+		}
 	}
 	if res.Failed() {
 		res.Output = out.String()

@@ -24,12 +24,17 @@ func init() {
 }
 
 const ciUsage = `Usage:
-  gmpwatch ci run [-n 10] -o new.json [--baseline-cmd 'CMD' [--baseline-out base.json]] [--timeout 10m] -- CMD ARGS
+  gmpwatch ci run [-n 10] -o new.json [--baseline-cmd 'CMD' [--baseline-out base.json]] [--timeout 10m]
+                  [--method auto|ebpf|runtime-histogram] -- CMD ARGS
       Run CMD N times (interleaved with the baseline command when given) and
       record, per run, its scheduling-latency distribution (p50, p90, p99,
-      p99.9, max, count), goroutines and threads created. CMD must be the Go
-      program itself: for benchmarks, build them with go test -c and run the
-      test binary (-test.run='^$' -test.bench=. -test.benchtime=100x).
+      p99.9, max, count), goroutines and threads created, and time blocked
+      by wait reason. CMD must be the Go program itself: for benchmarks,
+      build them with go test -c and run the test binary
+      (-test.run='^$' -test.bench=. -test.benchtime=100x). The runs are
+      measured under gmpwatch's eBPF probes; where eBPF is not allowed, auto
+      (the default) falls back to the runtime's own latency histogram, read
+      from each run's memory as it exits (no wait reasons).
   gmpwatch ci compare BASE.json NEW.json [--threshold 10%] [--threshold-metric p99=5%]...
                       [--format text|benchstat|markdown|junit]
       Compare two records (median ± 95% CI, % change, Mann-Whitney U p-value,
@@ -219,22 +224,6 @@ func defaultBaselineOut(out string) string {
 	return filepath.Join(dir, strings.TrimSuffix(file, ".json")+".base.json")
 }
 
-// newMeasurer returns the measurer of a method. The eBPF measurer is not
-// wired into ci yet: auto falls back to the runtime's own histogram.
-func newMeasurer(method string) (func() regress.Measurer, string, string, error) {
-	switch method {
-	case "auto", regress.MethodRuntimeHistogram:
-		note := "measuring with the runtime's own scheduling-latency histogram (sched.timeToRun, about 1 transition in 8), read from each run's memory as it exits: no eBPF needed"
-		if method == "auto" {
-			note = "eBPF measurement is not available to ci yet; falling back to " + note
-		}
-		return func() regress.Measurer { return &regress.HistogramMeasurer{} }, regress.MethodRuntimeHistogram, note, nil
-	case regress.MethodEBPF:
-		return nil, "", "", fmt.Errorf("--method ebpf is not available to ci yet: use --method runtime-histogram")
-	}
-	return nil, "", "", fmt.Errorf("unknown --method %q: want auto, ebpf or runtime-histogram", method)
-}
-
 func runCIRun(ctx context.Context, env *cmdEnv, args []string) error {
 	const usage = "usage: gmpwatch ci run [-n 10] -o new.json [--baseline-cmd 'CMD'] -- CMD ARGS"
 	fs := flag.NewFlagSet("ci run", flag.ContinueOnError)
@@ -272,12 +261,15 @@ func runCIRun(ctx context.Context, env *cmdEnv, args []string) error {
 			return usageErrorf("the baseline record would overwrite %s: give --baseline-out", *out)
 		}
 	}
-	mk, methodName, note, err := newMeasurer(*method)
-	if err != nil {
-		return usageErrorf("%v", err)
+	switch *method {
+	case "auto", regress.MethodEBPF, regress.MethodRuntimeHistogram:
+	default:
+		return usageErrorf("unknown --method %q: want auto, ebpf or runtime-histogram", *method)
 	}
-	fmt.Fprintf(env.stderr, "gmpwatch ci: %s\n", note)
-	r := &regress.Runner{N: *n, NewMeasurer: mk, Method: methodName, Progress: env.stderr, Timeout: *timeout}
+	// The records take the method the runs used: auto decides at the
+	// first run.
+	m := &ciMethod{method: *method, notes: env.stderr}
+	r := &regress.Runner{N: *n, NewMeasurer: m.newMeasurer, Progress: env.stderr, Timeout: *timeout}
 	start := time.Now()
 	newRec, baseRec, runErr := r.Run(ctx, cmd, base)
 	// Write what was run, failed runs included: they are the evidence.
@@ -294,10 +286,14 @@ func runCIRun(ctx context.Context, env *cmdEnv, args []string) error {
 		fmt.Fprintf(env.stderr, "gmpwatch ci: wrote %s (%d runs)\n", *baseOut, len(baseRec.Runs))
 	}
 	if runErr != nil {
-		if f := lastRun(newRec, baseRec); f != nil && f.ExitStatus == 0 && f.Signal == "" && f.Error != "" {
-			// The command ran fine but could not be measured (not a Go
-			// program, say): bad input, one line.
-			return &exitError{code: 2, err: fmt.Errorf("%s could not be measured: %s", strings.Join(f.command, " "), strings.TrimPrefix(f.Error, "not measured: "))}
+		notStarted := regress.ErrNotStarted.Error() + ": "
+		if f := lastRun(newRec, baseRec); f != nil && f.Error != "" && (f.ExitStatus == 0 && f.Signal == "" || strings.HasPrefix(f.Error, notStarted)) {
+			// The command ran fine but could not be measured, or could
+			// not be started under measurement (not a Go program, no
+			// such file, eBPF refused with --method ebpf): bad input,
+			// one line.
+			why := strings.TrimPrefix(strings.TrimPrefix(f.Error, "not measured: "), notStarted)
+			return &exitError{code: 2, err: fmt.Errorf("%s could not be measured: %s", strings.Join(f.command, " "), why)}
 		}
 		if errors.Is(runErr, regress.ErrFailedRun) {
 			for _, rec := range []*regress.Record{baseRec, newRec} {

@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/gmpwatch/gmpwatch/analysis/regress"
 	"github.com/gmpwatch/gmpwatch/internal/testtarget"
@@ -109,7 +111,7 @@ func TestCICompareBadInput(t *testing.T) {
 		{[]string{"ci", "run", "--", "true"}, "-o FILE is required"},
 		{[]string{"ci", "run", "-n", "0", "-o", "x.json", "--", "true"}, "want at least 1 run"},
 		{[]string{"ci", "run", "-o", "x.json", "--baseline-cmd", "a 'b", "--", "true"}, "bad --baseline-cmd"},
-		{[]string{"ci", "run", "-o", "x.json", "--method", "ebpf", "--", "true"}, "not available to ci yet"},
+		{[]string{"ci", "run", "-o", "x.json", "--method", "dtrace", "--", "true"}, `unknown --method "dtrace"`},
 	} {
 		code, stdout, stderr := runCIMain(t, c.args...)
 		if code != 2 || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, c.want) {
@@ -174,8 +176,13 @@ func TestCIRun(t *testing.T) {
 	if stdout != "" {
 		t.Errorf("stdout %q: the command's output belongs to no one here", stdout)
 	}
+	// As root, the probes; else the fallback (TestCIRunFallback).
+	method := "gmpwatch ci: measuring with gmpwatch's eBPF probes"
+	if os.Geteuid() != 0 {
+		method = "gmpwatch ci: eBPF not allowed ("
+	}
 	for _, want := range []string{
-		"falling back to measuring with the runtime's own scheduling-latency histogram",
+		method,
 		"run 1/2 base: ", "run 1/2 new: ", "run 2/2 new: ", "run 2/2 base: ",
 		"wrote " + out + " (2 runs)", "wrote " + filepath.Join(dir, "base.json") + " (2 runs)",
 		"warning: 2 runs are too few for ci compare to ever reach a verdict on these metrics (it needs at least 6)",
@@ -220,12 +227,15 @@ func TestCIRun(t *testing.T) {
 
 // The A/B through the command line: schedload's spinners holding the CPU
 // four times longer per iteration is a regression: ci compare exits 1 and
-// prints p99's change and p-value.
+// prints p99's change and p-value. It measures with the runtime's
+// histogram: its 20 runs take about 3s so, about 30s under eBPF (attaching
+// and detaching the probes costs about 1s a run). TestCIExampleScript runs
+// its A/A and A/B under eBPF, the default.
 func TestCIRunCompareAB(t *testing.T) {
 	bin := testtarget.Build(t, "schedload", testtarget.Go126, testtarget.Plain)
 	dir := t.TempDir()
 	small := " -rounds 1000 -iters 100 -hold "
-	code, _, stderr := runCIMain(t, "ci", "run", "-n", "10", "-o", filepath.Join(dir, "new.json"),
+	code, _, stderr := runCIMain(t, "ci", "run", "--method", "runtime-histogram", "-n", "10", "-o", filepath.Join(dir, "new.json"),
 		"--baseline-cmd", bin+small+"50000", "--", bin, "-rounds", "1000", "-iters", "100", "-hold", "200000")
 	if code != 0 {
 		t.Fatalf("ci run: exit %d\n%s", code, stderr)
@@ -374,7 +384,209 @@ func TestCIExampleScript(t *testing.T) {
 	git("commit", "-q", "-am", "hold longer")
 	code, out = run("ab")
 	t.Logf("A/B:\n%s", out)
-	if code != 1 || !strings.Contains(out, "REGRESSION: sched latency p99 +") || !strings.Contains(out, "failing the build") {
+	if code != 1 || !regexp.MustCompile(`REGRESSION: .*sched latency p99 \+`).MatchString(out) || !strings.Contains(out, "failing the build") {
 		t.Errorf("A/B: exit %d, want 1 with a p99 regression", code)
+	}
+}
+
+// schedloadSays is what schedload prints of itself: its summary line and,
+// with -metrics, the runtime's own goroutines created.
+type schedloadSays struct {
+	pairs, rounds, goroutines int   // its summary: main's goroutines
+	created                   int64 // /sched/goroutines-created, -1 if not printed
+}
+
+func parseSchedload(t *testing.T, out string) schedloadSays {
+	t.Helper()
+	s := schedloadSays{created: -1}
+	m := regexp.MustCompile(`schedload: pairs=(\d+) rounds=(\d+) .* goroutines=(\d+) `).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no schedload summary in %q", out)
+	}
+	fmt.Sscan(m[1], &s.pairs)
+	fmt.Sscan(m[2], &s.rounds)
+	fmt.Sscan(m[3], &s.goroutines)
+	if m := regexp.MustCompile(`(?m)^goroutines-created (\d+)$`).FindStringSubmatch(out); m != nil {
+		fmt.Sscan(m[1], &s.created)
+	}
+	return s
+}
+
+// The eBPF measurer on one run of schedload: every goroutine the runtime
+// counted created (its own /sched/goroutines-created, printed at its end),
+// the ping-pong's parks on channels (one per message), latencies in order,
+// and the record's metrics those of the model's report.
+func TestCIEBPFMeasurer(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := testtarget.Build(t, "schedload", testtarget.Go126, testtarget.Plain)
+	outPath := filepath.Join(t.TempDir(), "out")
+	f, err := os.Create(outPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m := &ebpfMeasurer{}
+	o, err := m.Run(context.Background(), []string{bin, "-rounds", "2000", "-iters", "100", "-metrics"}, f, f)
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	b, _ := os.ReadFile(outPath)
+	target := parseSchedload(t, string(b))
+	if o.ExitStatus != 0 || o.Signal != "" || o.GoVersion != "go1.26.8" || m.lost != 0 {
+		t.Fatalf("outcome %+v, %d events lost", o, m.lost)
+	}
+	l := o.Metrics.SchedLatency
+	t.Logf("%d latencies: p50 %d p90 %d p99 %d p99.9 %d max %d ns; goroutines %d, threads %d; blocked %v",
+		l.Count, l.P50NS, l.P90NS, l.P99NS, l.P999NS, l.MaxNS, *o.Metrics.GoroutinesCreated, *o.Metrics.ThreadsCreated, o.Metrics.BlockedNSByReason)
+	if l.Count == 0 || !(l.P50NS <= l.P90NS && l.P90NS <= l.P99NS && l.P99NS <= l.P999NS && l.P999NS <= l.MaxNS) || l.P50NS <= 0 {
+		t.Errorf("latency %+v: want a non-empty distribution with ordered quantiles", l)
+	}
+	if target.created < 0 || *o.Metrics.GoroutinesCreated != target.created {
+		t.Errorf("goroutines created %d, the runtime counted %d", *o.Metrics.GoroutinesCreated, target.created)
+	}
+	if *o.Metrics.GoroutinesCreated <= int64(target.goroutines) {
+		t.Errorf("goroutines created %d: want main's %d and the runtime's own", *o.Metrics.GoroutinesCreated, target.goroutines)
+	}
+	if *o.Metrics.ThreadsCreated < 1 {
+		t.Errorf("threads created %d: GOMAXPROCS 2 needs another thread", *o.Metrics.ThreadsCreated)
+	}
+	waits := map[string][2]uint64{}
+	for _, w := range m.report.WaitReasons {
+		waits[w.Reason] = [2]uint64{w.Count, w.TotalNs}
+	}
+	recv, send := waits["chan receive"], waits["chan send"]
+	// Each message on an unbuffered channel parks exactly one side: the
+	// one that came first (the runtime never spins on a channel). An
+	// exchange is two messages, ping and pong; closing ping wakes each
+	// ponger from its last receive; the runtime and the standard library
+	// may wait on a channel of their own once or twice.
+	exchanges := uint64(target.pairs * target.rounds)
+	most := 2*exchanges + uint64(target.pairs) + 8
+	t.Logf("%d exchanges: %d parks on chan receive (%v), %d on chan send", exchanges, recv[0], time.Duration(recv[1]), send[0])
+	if recv[0] == 0 || recv[1] == 0 {
+		t.Errorf("chan receive %v: want parks and their time", recv)
+	}
+	if parks := recv[0] + send[0]; parks < 2*exchanges || parks > most {
+		t.Errorf("%d parks on channels, want one per message: %d..%d", parks, 2*exchanges, most)
+	}
+	if got := o.Metrics.BlockedNSByReason["chan receive"]; got != int64(recv[1]) {
+		t.Errorf("recorded chan receive %d ns, the model's %d", got, recv[1])
+	}
+
+	// The end of ctx (ci run's timeout) kills the command; what ran is
+	// measured.
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	m = &ebpfMeasurer{}
+	o, err = m.Run(ctx, []string{bin, "-rounds", "100000000"}, nil, nil)
+	if err != nil || o.ExitStatus != -1 || o.Signal != "SIGKILL" || o.Metrics.SchedLatency.Count == 0 {
+		t.Errorf("killed at its timeout: err %v, outcome %+v", err, o)
+	}
+}
+
+// ci run's default method is eBPF (we are root): every run measured under
+// the probes, with wait reasons, and the goroutines the runtime counted.
+func TestCIRunEBPF(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := testtarget.Build(t, "schedload", testtarget.Go126, testtarget.Plain)
+	args := []string{"-rounds", "1000", "-iters", "100"}
+	// What the runtime itself counts, for these flags.
+	b, err := exec.Command(bin, append(args, "-metrics")...).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := parseSchedload(t, string(b))
+	out := filepath.Join(t.TempDir(), "ebpf.json")
+	code, _, stderr := runCIMain(t, append([]string{"ci", "run", "-n", "6", "-o", out, "--", bin}, args...)...)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	if !strings.Contains(stderr, "gmpwatch ci: measuring with gmpwatch's eBPF probes") || strings.Contains(stderr, "not allowed") {
+		t.Errorf("stderr does not say eBPF:\n%s", stderr)
+	}
+	rec, err := regress.LoadRecord(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Method != regress.MethodEBPF || len(rec.Runs) != 6 || rec.GoVersion != "go1.26.8" {
+		t.Fatalf("record: method %s, %d runs, %s", rec.Method, len(rec.Runs), rec.GoVersion)
+	}
+	for _, run := range rec.Runs {
+		mt := run.Metrics
+		l := mt.SchedLatency
+		if run.Failed() || l.Count == 0 || l.P50NS <= 0 || l.P999NS < l.P99NS || l.MaxNS < l.P999NS {
+			t.Errorf("run %d: %+v", run.Index, run)
+		}
+		if mt.GoroutinesCreated == nil || *mt.GoroutinesCreated != target.created {
+			t.Errorf("run %d: goroutines created %v, the runtime counts %d", run.Index, mt.GoroutinesCreated, target.created)
+		}
+		if mt.ThreadsCreated == nil || *mt.ThreadsCreated < 1 {
+			t.Errorf("run %d: threads created %v", run.Index, mt.ThreadsCreated)
+		}
+		if mt.BlockedNSByReason["chan receive"] <= 0 {
+			t.Errorf("run %d: blocked by reason %v: want chan receive", run.Index, mt.BlockedNSByReason)
+		}
+	}
+}
+
+// Without the privilege to load BPF, ci run falls back to the runtime's
+// histogram, says so, and still measures: gmpwatch run as nobody.
+func TestCIRunFallback(t *testing.T) {
+	testtarget.RequireRoot(t)
+	gm := gmpwatchBinary(t)
+	// A directory the unprivileged user can enter and write (t.TempDir's
+	// parent is 0700).
+	dir, err := os.MkdirTemp("", "gmpwatch-ci-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.ReadFile(testtarget.Build(t, "schedload", testtarget.Go126, testtarget.Plain))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "schedload")
+	if err := os.WriteFile(bin, src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "new.json")
+	cmd := exec.Command(gm, "ci", "run", "-n", "2", "-o", out, "--", bin, "-rounds", "500", "-iters", "50")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("ci run as nobody: %v\n%s", err, errb.String())
+	}
+	s := errb.String()
+	t.Logf("as nobody:\n%s", s)
+	if !regexp.MustCompile(`(?m)^gmpwatch ci: eBPF not allowed \(.*run as root, or grant CAP_BPF and CAP_PERFMON.*\): measuring from the runtime's own scheduling-latency histogram`).MatchString(s) {
+		t.Errorf("stderr does not say it fell back, and why")
+	}
+	rec, err := regress.LoadRecord(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Method != regress.MethodRuntimeHistogram || len(rec.Runs) != 2 {
+		t.Fatalf("record: method %s, %d runs", rec.Method, len(rec.Runs))
+	}
+	for _, run := range rec.Runs {
+		if run.Failed() || run.Metrics.SchedLatency.Count == 0 || run.Metrics.BlockedNSByReason != nil {
+			t.Errorf("run %d: %+v", run.Index, run)
+		}
+	}
+
+	// With --method ebpf there is no fallback: one line, exit 2.
+	cmd = exec.Command(gm, "ci", "run", "-n", "2", "--method", "ebpf", "-o", out, "--", bin, "-rounds", "500", "-iters", "50")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	errb.Reset()
+	cmd.Stderr = &errb
+	err = cmd.Run()
+	last := strings.TrimSpace(errb.String())
+	last = last[strings.LastIndex(last, "\n")+1:]
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(last, "could not be measured") || !strings.Contains(last, "CAP_BPF") {
+		t.Errorf("--method ebpf as nobody: %v\n%s", err, errb.String())
 	}
 }
