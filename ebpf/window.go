@@ -1,0 +1,406 @@
+package ebpf
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/gmpwatch/gmpwatch/analysis/budget"
+	"github.com/gmpwatch/gmpwatch/analysis/plan"
+)
+
+// WindowOptions configure NewWindowed.
+type WindowOptions struct {
+	// Budget is the overhead budget; the zero value means budget.Default().
+	Budget budget.Spec
+	// Calibration gives the per-hit costs; nil calls Calibrated("").
+	Calibration *Calibration
+	// Period, MinWindow and MaxPeriod shape the windows (budget.Schedule);
+	// zero takes the budget package's defaults.
+	Period, MinWindow, MaxPeriod time.Duration
+	// OnWindow, if set, is called before the window of the hot programs
+	// opens (open: before the first attach) and after it closed (after the
+	// last detach), with the CLOCK_MONOTONIC time the events' timestamps
+	// use: every event of the window falls in between, and a model can
+	// forget what it knew of each goroutine at an open (transitions
+	// between windows were not seen).
+	OnWindow func(open bool, mono time.Duration)
+}
+
+// Windowed keeps a Tracer's probes within an overhead budget: it attaches
+// the cheap programs all the time and the hot ones in windows whose duty
+// cycle follows the budget (analysis/budget), detaching them in between, so
+// that a detached probe costs the target nothing.
+//
+// Opening a window is cheap (an attach takes well under a millisecond),
+// closing one is not: the kernel serializes detaches and each waits for a
+// synchronization, 50-100 ms on a busy 2-core VM, while the probes not yet
+// detached keep trapping. So a window counts as open from its first attach
+// to its last detach returning (an upper bound), the controller learns that
+// fixed cost and stretches the period to keep the duty cycle (about 20 s
+// periods at 2% here), and the hottest program goes first.
+//
+// Run starts with a short window of everything (Attach left every probe on)
+// to measure the rates; the cheap programs then stay attached. Between
+// windows it checks that they stay cheap, and ends the period early if not.
+//
+// It takes over the Tracer's links: Tracer.Close still detaches everything.
+type Windowed struct {
+	t    *Tracer
+	ex   *link.Executable
+	opts WindowOptions
+	cal  *Calibration
+	byPr map[string][]*switchLink // program → its probes
+	// costs is each program's per-hit cost, ns.
+	costs map[string]float64
+
+	mu  sync.Mutex
+	ctl *budget.Controller
+}
+
+// NewWindowed puts t's probes under a budget. p is the plan t was attached
+// with. Run drives the windows.
+func NewWindowed(t *Tracer, p *plan.Plan, opts WindowOptions) (*Windowed, error) {
+	if opts.Budget == (budget.Spec{}) {
+		opts.Budget = budget.Default()
+	}
+	cal := opts.Calibration
+	if cal == nil {
+		var err error
+		if cal, err = Calibrated(""); err != nil {
+			return nil, err
+		}
+	}
+	ex, err := link.OpenExecutable(p.Path)
+	if err != nil {
+		return nil, fmt.Errorf("windows: open %s: %w", p.Path, err)
+	}
+	w := &Windowed{t: t, ex: ex, opts: opts, cal: cal, byPr: map[string][]*switchLink{}}
+
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.final != nil {
+		return nil, errors.New("windows: tracer closed")
+	}
+	for i, pr := range t.probes {
+		prog := t.coll.Programs[pr.Program]
+		if prog == nil {
+			return nil, fmt.Errorf("windows: no program %q loaded", pr.Program)
+		}
+		if _, ok := t.links[i].(*switchLink); ok {
+			return nil, errors.New("windows: tracer already windowed")
+		}
+		sl := &switchLink{w: w, prog: prog, probe: pr, cur: t.links[i]}
+		t.links[i] = sl
+		w.byPr[pr.Program] = append(w.byPr[pr.Program], sl)
+	}
+	w.costs = cal.ProgramCosts(t.probes)
+	w.ctl = budget.NewController(budget.Config{
+		Spec:        opts.Budget,
+		CostNs:      w.costs,
+		Calibration: cal.String(),
+		Period:      opts.Period,
+		MinWindow:   opts.MinWindow,
+		MaxPeriod:   opts.MaxPeriod,
+		// Until measured: every probe detached one after the other.
+		OpenClose: time.Duration(float64(len(t.probes)) * (cal.AttachUs + cal.DetachUs) * float64(time.Microsecond)),
+	})
+	return w, nil
+}
+
+// Report says how the figures were obtained so far.
+func (w *Windowed) Report() budget.Report {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.ctl.Report()
+}
+
+// Calibration returns the per-hit costs in use.
+func (w *Windowed) Calibration() *Calibration { return w.cal }
+
+// Run opens and closes the windows until ctx is done or the tracer is
+// closed, and returns nil then. Every period it reads the kernel's hit
+// counters and the target's CPU time and lets the controller decide the
+// next one.
+func (w *Windowed) Run(ctx context.Context) error {
+	cpu := processCPU(w.t.pid)
+	hits := func() map[string]uint64 { return w.t.Stats().Hits }
+	sleep := func(d time.Duration) bool {
+		if d <= 0 {
+			return true
+		}
+		tm := time.NewTimer(d)
+		defer tm.Stop()
+		select {
+		case <-ctx.Done():
+			return false
+		case <-w.t.closing:
+			return false
+		case <-tm.C:
+			return true
+		}
+	}
+	// Attach left every probe on: measure the rates for a short window
+	// first, so that the cheap programs never need detaching.
+	{
+		start, h0, c0 := time.Now(), hits(), cpu()
+		w.notify(true)
+		ok := sleep(w.minWindow())
+		elapsed := time.Since(start)
+		h1 := hits()
+		o := budget.Observation{Elapsed: elapsed, Window: elapsed, Hits: map[string]uint64{},
+			Attached: map[string]time.Duration{}, TargetCPU: max(0, cpu()-c0)}
+		o.TargetCPUInWindow = o.TargetCPU
+		for name := range w.byPr {
+			o.Hits[name] = h1[name] - h0[name]
+			o.Attached[name] = elapsed
+		}
+		w.mu.Lock()
+		w.ctl.Observe(o)
+		w.mu.Unlock()
+		if !ok {
+			w.notify(false)
+			return nil
+		}
+	}
+	first := true
+	for {
+		w.mu.Lock()
+		dec := w.ctl.Decision()
+		window, period, _ := w.ctl.Schedule()
+		w.mu.Unlock()
+		var always, hot []string
+		for name := range w.byPr {
+			if dec.Modes[name] == budget.Windowed {
+				hot = append(hot, name)
+			} else {
+				always = append(always, name)
+			}
+		}
+
+		start := time.Now()
+		h0, c0 := hits(), cpu()
+		if err := w.set(always, true); err != nil {
+			return w.endErr(err)
+		}
+		var win, openClose, cIn time.Duration
+		ok := true
+		if len(hot) > 0 {
+			// The window is open from the first attach to the last
+			// detach: each takes the kernel tens of ms on a busy target.
+			if !first {
+				w.notify(true)
+			}
+			open, cOpen := time.Now(), cpu()
+			if err := w.set(hot, true); err != nil {
+				return w.endErr(err)
+			}
+			attached := time.Since(open)
+			ok = sleep(window)
+			detach := time.Now()
+			if err := w.set(hot, false); err != nil {
+				return w.endErr(err)
+			}
+			cIn = max(0, cpu()-cOpen)
+			win = time.Since(open)
+			openClose = attached + time.Since(detach)
+			w.notify(false)
+		} else if first {
+			w.notify(false)
+		}
+		first = false
+		// Between windows, read the target's CPU clock now and then (the
+		// last reading stands once the target is gone), and end the period
+		// early when the always-on programs got hot: their cost would
+		// otherwise run unchecked until the next window.
+		for ok {
+			left := period - time.Since(start)
+			if left <= 0 {
+				break
+			}
+			ok = sleep(min(left, 250*time.Millisecond))
+			cpu()
+			if w.alwaysTooHot(always, h0, time.Since(start), dec.AllowedCores) {
+				break
+			}
+		}
+		elapsed := time.Since(start)
+		h1, c1 := hits(), cpu()
+		o := budget.Observation{Elapsed: elapsed, Window: win, Hits: map[string]uint64{},
+			Attached: map[string]time.Duration{}, TargetCPU: max(0, c1-c0), TargetCPUInWindow: cIn,
+			OpenClose: openClose}
+		for name := range w.byPr {
+			o.Hits[name] = h1[name] - h0[name]
+			o.Attached[name] = elapsed
+		}
+		for _, name := range hot {
+			o.Attached[name] = win
+		}
+		w.mu.Lock()
+		w.ctl.Observe(o)
+		w.mu.Unlock()
+		if !ok {
+			return nil
+		}
+	}
+}
+
+// alwaysTooHot reports whether the always-on programs cost more than the
+// whole allowance since the period started (they were given half of it).
+func (w *Windowed) alwaysTooHot(always []string, h0 map[string]uint64, elapsed time.Duration, allowed float64) bool {
+	if len(always) == 0 || elapsed < 100*time.Millisecond || w.opts.Budget.Max {
+		return false
+	}
+	h := w.t.Stats().Hits
+	var ns float64
+	for _, name := range always {
+		ns += float64(h[name]-h0[name]) * w.costs[name]
+	}
+	return ns/float64(elapsed) > allowed
+}
+
+// endErr turns an attach error into the end of Run when the target is gone.
+func (w *Windowed) endErr(err error) error {
+	if errors.Is(err, syscall.ESRCH) || errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	select {
+	case <-w.t.closing:
+		return nil
+	default:
+	}
+	return err
+}
+
+func (w *Windowed) minWindow() time.Duration {
+	if w.opts.MinWindow > 0 {
+		return w.opts.MinWindow
+	}
+	return budget.DefaultMinWindow
+}
+
+func (w *Windowed) notify(open bool) {
+	if w.opts.OnWindow == nil {
+		return
+	}
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	w.opts.OnWindow(open, time.Duration(ts.Nano()))
+}
+
+// set attaches (on) or detaches the programs' probes, one after the other:
+// the kernel serializes them anyway (a detach waits for a synchronization,
+// tens of ms on a busy target, with the breakpoints of the probes not yet
+// detached still trapping). So the hottest program is attached last and
+// detached first. The window counts as open until the last detach
+// returns.
+func (w *Windowed) set(progs []string, on bool) error {
+	rates := map[string]float64{}
+	w.mu.Lock()
+	for _, pr := range w.ctl.Report().Programs {
+		rates[pr.Name] = pr.RatePerSec
+	}
+	w.mu.Unlock()
+	progs = slices.Clone(progs)
+	slices.SortStableFunc(progs, func(a, b string) int {
+		if on {
+			return cmp.Compare(rates[a], rates[b])
+		}
+		return cmp.Compare(rates[b], rates[a])
+	})
+	var errs []error
+	for _, name := range progs {
+		for _, sl := range w.byPr[name] {
+			if on {
+				errs = append(errs, sl.on())
+			} else if l := sl.take(); l != nil {
+				errs = append(errs, l.Close())
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// switchLink stands in the Tracer's links for one probe that Windowed
+// attaches and detaches. The embedded link.Link is nil: it only makes the
+// type a link.Link; Tracer uses Close alone.
+type switchLink struct {
+	link.Link
+	w     *Windowed
+	prog  *ebpf.Program
+	probe plan.Probe
+
+	mu     sync.Mutex
+	cur    link.Link
+	closed bool
+}
+
+func (s *switchLink) on() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.cur != nil {
+		return nil
+	}
+	l, err := s.w.ex.Uprobe(s.probe.Symbol, s.prog, &link.UprobeOptions{
+		Address: s.probe.FileOffset,
+		PID:     s.w.t.pid,
+		Cookie:  cookie(s.probe),
+	})
+	if err != nil {
+		if s.probe.Optional {
+			return nil
+		}
+		return fmt.Errorf("attach %s: %w", s.probe.Symbol, classify(err))
+	}
+	s.cur = l
+	return nil
+}
+
+// take detaches the link from s and returns it for closing.
+func (s *switchLink) take() link.Link {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.cur
+	s.cur = nil
+	return l
+}
+
+// Close detaches the probe for good.
+func (s *switchLink) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	if s.cur == nil {
+		return nil
+	}
+	err := s.cur.Close()
+	s.cur = nil
+	return err
+}
+
+// processCPU returns a function reading the CPU time of process pid (all
+// its threads, nanosecond resolution) from its process CPU-time clock.
+// It is not safe for concurrent use.
+func processCPU(pid int) func() time.Duration {
+	// MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
+	// Once the process is gone, the last reading stands.
+	clk := int32(^uint32(pid)<<3 | 2)
+	var last time.Duration
+	return func() time.Duration {
+		var ts unix.Timespec
+		if unix.ClockGettime(clk, &ts) == nil {
+			last = time.Duration(ts.Nano())
+		}
+		return last
+	}
+}
