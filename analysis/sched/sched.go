@@ -177,6 +177,10 @@ type Model struct {
 
 	iv, tot  counters
 	lastTs   uint64
+	// seenFrom is when the probes last started seeing every transition (the
+	// open of a sampling window): a latency or wait that began before it
+	// spans time the probes did not see, and is not measured.
+	seenFrom uint64
 	lostSeen uint64 // Tracer's lost counter at the last SetLost
 }
 
@@ -339,8 +343,8 @@ func (m *Model) endPSpan(ps *pstate, ms *mstate, ts uint64) {
 }
 
 func (m *Model) recordWait(reason uint8, since, ts uint64) {
-	if ts < since {
-		return
+	if ts < since || since < m.seenFrom {
+		return // began before the probes saw it: its length is unknown
 	}
 	d := ts - since
 	m.both(func(c *counters) {
@@ -348,6 +352,19 @@ func (m *Model) recordWait(reason uint8, since, ts uint64) {
 		c.waits[reason].total += d
 	})
 }
+
+// WindowClosed tells the model that the hot probes were detached at ts
+// (sampling under an overhead budget): the busy spans running then end
+// there, since what the Ms do next is not seen.
+func (m *Model) WindowClosed(ts uint64) {
+	for _, ms := range m.ms {
+		m.endSpan(ms, ts)
+	}
+}
+
+// WindowOpened tells the model that the probes see every transition again
+// from ts: latencies and waits that began before ts are not measured.
+func (m *Model) WindowOpened(ts uint64) { m.seenFrom = ts }
 
 // Handle applies one event to the model. It never fails: events that do not
 // fit what the model knows (lost events, goroutines from before the attach,
@@ -443,7 +460,7 @@ func (m *Model) Handle(ev *event.Event) {
 	case event.KindSyscallExit:
 		m.mFor(ev)
 		g, tracked, known := m.midLife(ev.Goid, GoRunning, 0, ts)
-		if tracked && known && g.state == GoSyscall {
+		if tracked && known && g.state == GoSyscall && g.since >= m.seenFrom {
 			d := uint64(0)
 			if ts > g.since {
 				d = ts - g.since
@@ -522,7 +539,7 @@ func (m *Model) goStart(ev *event.Event) {
 	}
 	switch g.state {
 	case GoRunnable:
-		if ts >= g.since {
+		if ts >= g.since && g.since >= m.seenFrom {
 			d := ts - g.since
 			m.both(func(c *counters) { c.lat.Record(d) })
 		}

@@ -314,3 +314,29 @@ func BenchmarkHandle(b *testing.B) {
 		m.Handle(e)
 	}
 }
+
+// TestWindows: under an overhead budget the hot probes come and go. A
+// latency that began before a window opened spans unseen time and is not
+// measured; one inside the window is; busy spans end when a window closes.
+func TestWindows(t *testing.T) {
+	m := New(Config{})
+	h := func(ts uint64, k event.Kind, goid uint64, mid int64) {
+		m.Handle(&event.Event{Ts: ts, Kind: k, Goid: goid, MID: mid, PID: 0, StackID: event.NoStack})
+	}
+	h(900, event.KindGoStart, 3, 0)   // g3 runs on M0 from 900 (mid-life)
+	h(1000, event.KindGoCreate, 1, 1) // g1 runnable at 1000
+	m.WindowClosed(1100)              // M0's span ends here: 200ns busy
+	m.WindowOpened(5000)
+	h(5100, event.KindGoStart, 1, 1)  // began before the window: not measured
+	h(5200, event.KindGoUnpark, 3, 1) // g3 runnable in the window
+	h(5300, event.KindGoStart, 3, 1)  // 100ns, measured
+	r := m.Total(5300)
+	if r.SchedLatency.Count != 1 || r.SchedLatency.MaxNs < 100 || r.SchedLatency.MaxNs > 112 {
+		t.Errorf("latency %+v, want one sample of ~100ns", r.SchedLatency)
+	}
+	for _, th := range r.Threads {
+		if th.MID == 0 && th.BusyNs != 200 {
+			t.Errorf("M0 busy %dns, want 200 (its span ends when the window closes)", th.BusyNs)
+		}
+	}
+}

@@ -11,14 +11,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gmpwatch/gmpwatch/analysis/budget"
 	"github.com/gmpwatch/gmpwatch/analysis/sched"
+	"github.com/gmpwatch/gmpwatch/ebpf"
 	"github.com/gmpwatch/gmpwatch/internal/session"
 )
 
 func init() {
 	register(&command{
 		name:    "top",
-		usage:   "[top] -p PID | -- CMD ARGS [-i 1s] [-d DUR] [--json] [--no-tui]",
+		usage:   "[top] -p PID | -- CMD ARGS [-i 1s] [-d DUR] [--json] [--no-tui] [--overhead max|2%]",
 		summary: "trace the scheduler: a summary every interval and a final report",
 		run:     runTop,
 	})
@@ -30,7 +32,8 @@ type topFlags struct {
 	interval time.Duration
 	duration time.Duration
 	json     bool
-	noTUI    bool     // interval text even on a terminal
+	noTUI    bool // interval text even on a terminal
+	overhead budget.Spec
 	cmd      []string // after --
 }
 
@@ -43,12 +46,16 @@ func parseTopFlags(args []string) (*topFlags, error) {
 	fs.DurationVar(&f.duration, "d", 0, "stop after `duration` (0: until Ctrl-C or the target exits)")
 	fs.BoolVar(&f.json, "json", false, "print every summary and the final report as one JSON object a line")
 	fs.BoolVar(&f.noTUI, "no-tui", false, "print interval text instead of the live view on a terminal")
+	overhead := fs.String("overhead", "max", "probe cost budget: a share of the target's CPU (2%: hot probes sampled in windows) or max (every event)")
 	if err := fs.Parse(args); err != nil {
 		return nil, usageErrorf("%v", err)
 	}
 	var err error
 	if f.cmd, err = commandArgs(args, fs.Args()); err != nil {
 		return nil, err
+	}
+	if f.overhead, err = budget.Parse(*overhead); err != nil {
+		return nil, usageErrorf("--overhead: %v", err)
 	}
 	switch {
 	case f.pid != 0 && len(f.cmd) > 0:
@@ -103,6 +110,31 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 	if err := sess.Run(model.Handle); err != nil {
 		return err
 	}
+	// Under a budget the hot probes come and go in windows; the model is
+	// told, so it measures nothing across the time they were off.
+	var win *ebpf.Windowed
+	if !f.overhead.Max {
+		cal, err := ebpf.Calibrated("")
+		if err != nil {
+			return fmt.Errorf("calibrate the probe cost: %w", err)
+		}
+		win, err = ebpf.NewWindowed(sess.Tracer, p, ebpf.WindowOptions{Budget: f.overhead, Calibration: cal,
+			OnWindow: func(open bool, mono time.Duration) {
+				sess.Lock()
+				defer sess.Unlock()
+				if open {
+					model.WindowOpened(uint64(mono))
+				} else {
+					model.WindowClosed(uint64(mono))
+				}
+			}})
+		if err != nil {
+			return err
+		}
+		wctx, wstop := context.WithCancel(ctx)
+		defer wstop()
+		go win.Run(wctx)
+	}
 	if sess.Launched() {
 		defer func() {
 			// Ended before the command: it runs on untraced; pass on its
@@ -117,7 +149,7 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 	// ends ctx. It is closed, restoring the terminal, before the final report.
 	var lv *liveView
 	if live {
-		lv, ctx = startLiveView(ctx, env, sess, f.interval)
+		lv, ctx = startLiveView(ctx, env, sess, f.interval, f.overhead.String())
 		defer lv.close()
 	}
 
@@ -129,8 +161,16 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 			}
 			lv.close()
 		}
+		var over *budget.Report
+		if win != nil {
+			rep := win.Report()
+			over = &rep
+		}
 		if f.json {
-			b, err := json.Marshal(r)
+			b, err := json.Marshal(struct {
+				*sched.Report
+				Overhead *budget.Report `json:"overhead,omitempty"`
+			}{r, over})
 			if err != nil {
 				return err
 			}
@@ -138,10 +178,15 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 			_, err = env.stdout.Write(b)
 			return err
 		}
+		write := sched.WriteInterval
 		if r.Kind == sched.KindFinal {
-			return sched.WriteFinal(env.stdout, r)
+			write = sched.WriteFinal
 		}
-		return sched.WriteInterval(env.stdout, r)
+		if err := write(env.stdout, r); err != nil || over == nil {
+			return err
+		}
+		_, err := fmt.Fprintf(env.stdout, "Overhead: %s\n", over.Line())
+		return err
 	}
 
 	var deadline <-chan time.Time

@@ -653,3 +653,52 @@ func TestTopKilledLeavesNoProbe(t *testing.T) {
 		t.Errorf("target printed %q after gmpwatch died, want done 50", line)
 	}
 }
+
+// TestTopOverheadBudget traces the scheduler storm under a 2% budget: the
+// report says how it was obtained (budget, duty cycle below 100%, estimated
+// and measured cost, which figures are sampled), and the sampled windows
+// still deliver latencies. Timing goals belong to scripts/bench-overhead.
+func TestTopOverheadBudget(t *testing.T) {
+	testtarget.RequireRoot(t)
+	bin := testtarget.Build(t, "storm", testtarget.Go126, testtarget.Plain)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	code, stdout, stderr, _ := runTopMain(t, ctx, nil, "--json", "--overhead", "2%", "-i", "1s", "--", bin, "-d", "8s")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var final struct {
+		sched.Report
+		Overhead *struct {
+			Budget     string  `json:"budget"`
+			DutyCycle  float64 `json:"duty_cycle"`
+			Estimated  float64 `json:"estimated_cost"`
+			Measured   float64 `json:"measured_cost"`
+			Sampled    []json.RawMessage `json:"sampled"`
+		} `json:"overhead"`
+	}
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	last := ""
+	for _, l := range lines {
+		if strings.HasPrefix(l, "{") {
+			last = l
+		}
+	}
+	if err := json.Unmarshal([]byte(last), &final); err != nil {
+		t.Fatalf("final report %q: %v", last, err)
+	}
+	o := final.Overhead
+	if final.Kind != sched.KindFinal || o == nil {
+		t.Fatalf("final report without the overhead section: %s", last)
+	}
+	if o.Budget != "2%" || o.DutyCycle <= 0 || o.DutyCycle >= 1 {
+		t.Errorf("budget %q duty %.3f: want 2%% and a duty cycle in (0, 1)", o.Budget, o.DutyCycle)
+	}
+	if len(o.Sampled) == 0 {
+		t.Errorf("the report does not say which figures are sampled")
+	}
+	if final.SchedLatency.Count == 0 || final.LostEvents != 0 {
+		t.Errorf("sampled windows gave %d latencies, %d lost", final.SchedLatency.Count, final.LostEvents)
+	}
+	t.Logf("duty %.1f%%, estimated %.2f%%, measured %.2f%%, %d latencies", 100*o.DutyCycle, 100*o.Estimated, 100*o.Measured, final.SchedLatency.Count)
+}

@@ -60,7 +60,7 @@ func lvStdin(env *cmdEnv) io.Reader {
 
 // startLiveView starts the live view of a session on env's terminal. The
 // returned context is ctx, also ended when the user quits.
-func startLiveView(ctx context.Context, env *cmdEnv, sess *session.Session, interval time.Duration) (*liveView, context.Context) {
+func startLiveView(ctx context.Context, env *cmdEnv, sess *session.Session, interval time.Duration, budget string) (*liveView, context.Context) {
 	pid, p := sess.PID, sess.Plan
 	lv := &liveView{pid: pid, sess: sess, stderr: env.stderr, interval: interval, scanEvery: 1, sym: sess.Sym, cpu: selfCPU()}
 	// The memory reader: the G/M/P picture degrades to "unknown" without it.
@@ -77,6 +77,7 @@ func startLiveView(ctx context.Context, env *cmdEnv, sess *session.Session, inte
 		Exe:       p.Exe,
 		GoVersion: p.GoVersion,
 		Interval:  interval,
+		Budget:    budget,
 		ProcStart: procStart(pid),
 		Started:   time.Now(),
 	}
