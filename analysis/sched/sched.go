@@ -175,8 +175,8 @@ type Model struct {
 	sites []*site
 	bySPC map[uint64]uint32 // creation PC -> index+1
 
-	iv, tot  counters
-	lastTs   uint64
+	iv, tot counters
+	lastTs  uint64
 	// seenFrom is when the probes last started seeing every transition (the
 	// open of a sampling window): a latency or wait that began before it
 	// spans time the probes did not see, and is not measured.

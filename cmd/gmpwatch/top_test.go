@@ -670,11 +670,11 @@ func TestTopOverheadBudget(t *testing.T) {
 	var final struct {
 		sched.Report
 		Overhead *struct {
-			Budget     string  `json:"budget"`
-			DutyCycle  float64 `json:"duty_cycle"`
-			Estimated  float64 `json:"estimated_cost"`
-			Measured   float64 `json:"measured_cost"`
-			Sampled    []json.RawMessage `json:"sampled"`
+			Budget    string            `json:"budget"`
+			DutyCycle float64           `json:"duty_cycle"`
+			Estimated float64           `json:"estimated_cost"`
+			Measured  float64           `json:"measured_cost"`
+			Sampled   []json.RawMessage `json:"sampled"`
 		} `json:"overhead"`
 	}
 	lines := strings.Split(strings.TrimSpace(stdout), "\n")
