@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gmpwatch/gmpwatch/analysis/budget"
 	"github.com/gmpwatch/gmpwatch/analysis/plan"
 	"github.com/gmpwatch/gmpwatch/analysis/sched"
 	"github.com/gmpwatch/gmpwatch/internal/testtarget"
@@ -94,8 +95,12 @@ func TestTopFlags(t *testing.T) {
 		"-i 2s -- prog":                 {interval: 2 * time.Second, cmd: []string{"prog"}},
 		"-p=9 -json=true -i=1ms":        {pid: 9, interval: time.Millisecond, json: true},
 		"-- /bin/prog --json -p 1 -i 0": {interval: time.Second, cmd: []string{"/bin/prog", "--json", "-p", "1", "-i", "0"}},
+		"-p 7 --overhead 2%":            {pid: 7, interval: time.Second, overhead: budget.Spec{Share: 0.02, FloorCores: budget.DefaultFloorCores}},
 	}
 	for in, want := range good {
+		if want.overhead == (budget.Spec{}) {
+			want.overhead, _ = budget.Parse("max") // the default: every event
+		}
 		f, err := parseTopFlags(strings.Fields(in))
 		if err != nil {
 			t.Errorf("%q: %v", in, err)
@@ -116,6 +121,8 @@ func TestTopFlags(t *testing.T) {
 		"-p x":              "invalid value",
 		"-q":                "not defined",
 		"-p 1 -i fortnight": "invalid value",
+		"-p 1 --overhead x": "--overhead",
+		"-p 1 --overhead 0": "--overhead",
 	}
 	for in, want := range bad {
 		_, err := parseTopFlags(strings.Fields(in))
