@@ -256,37 +256,19 @@ func runRecord(ctx context.Context, env *cmdEnv, args []string) (err error) {
 		return &record.Stats{Events: rec.count, Lost: st.Lost, Hits: st.Hits, Duration: time.Since(start), GCCycles: gc.read()}
 	}
 
-	var deadline <-chan time.Time
-	if f.duration > 0 {
-		tm := time.NewTimer(f.duration)
-		defer tm.Stop()
-		deadline = tm.C
-	}
-	tick := time.NewTicker(f.flush)
-	defer tick.Stop()
-loop:
-	for {
-		select {
-		case <-tick.C:
-			st := stats()
-			stacks := sess.Stacks()
-			sess.Lock()
-			rec.addStacks(stacks)
-			err := rec.flush(st)
-			sess.Unlock()
-			if err != nil {
-				return fmt.Errorf("record %s: %w", f.out, err)
-			}
-		case <-ctx.Done():
-			break loop
-		case <-deadline:
-			break loop
-		case <-sess.Exited():
-			break loop
-		case rerr := <-sess.ReadDone():
-			sess.SetReadErr(rerr)
-			break loop
+	if err := sess.Loop(ctx, f.duration, f.flush, func() error {
+		st := stats()
+		stacks := sess.Stacks()
+		sess.Lock()
+		rec.addStacks(stacks)
+		err := rec.flush(st)
+		sess.Unlock()
+		if err != nil {
+			return fmt.Errorf("record %s: %w", f.out, err)
 		}
+		return nil
+	}); err != nil {
+		return err
 	}
 	readErr := sess.Stop()
 	final := stats() // the traced time, not the wait for the command below

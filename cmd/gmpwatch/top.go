@@ -189,39 +189,20 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 		return err
 	}
 
-	var deadline <-chan time.Time
-	if f.duration > 0 {
-		tm := time.NewTimer(f.duration)
-		defer tm.Stop()
-		deadline = tm.C
-	}
-	tick := time.NewTicker(f.interval)
-	defer tick.Stop()
-
-loop:
-	for {
-		select {
-		case <-tick.C:
-			now := session.MonotonicNow()
-			lost := sess.Stats().Lost
-			sess.Lock()
-			model.SetLost(lost)
-			r := model.Snapshot(now)
-			model.Reset(now)
-			sess.Unlock()
-			if err := emit(r); err != nil {
-				return fmt.Errorf("write: %w", err)
-			}
-		case <-ctx.Done():
-			break loop
-		case <-deadline:
-			break loop
-		case <-sess.Exited():
-			break loop
-		case rerr := <-sess.ReadDone():
-			sess.SetReadErr(rerr)
-			break loop
+	if err := sess.Loop(ctx, f.duration, f.interval, func() error {
+		now := session.MonotonicNow()
+		lost := sess.Stats().Lost
+		sess.Lock()
+		model.SetLost(lost)
+		r := model.Snapshot(now)
+		model.Reset(now)
+		sess.Unlock()
+		if err := emit(r); err != nil {
+			return fmt.Errorf("write: %w", err)
 		}
+		return nil
+	}); err != nil {
+		return err
 	}
 
 	// Drain what the ring buffer holds, detach every probe, report.

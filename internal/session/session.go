@@ -203,6 +203,37 @@ func (s *Session) SetReadErr(err error) {
 	s.runErr = nil
 }
 
+// Loop calls tick every period until ctx ends, duration (if > 0) has
+// passed, the target exits, or reading the events fails (kept for Stop). It
+// returns the first error tick returns.
+func (s *Session) Loop(ctx context.Context, duration, period time.Duration, tick func() error) error {
+	var deadline <-chan time.Time
+	if duration > 0 {
+		tm := time.NewTimer(duration)
+		defer tm.Stop()
+		deadline = tm.C
+	}
+	tk := time.NewTicker(period)
+	defer tk.Stop()
+	for {
+		select {
+		case <-tk.C:
+			if err := tick(); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return nil
+		case <-deadline:
+			return nil
+		case <-s.Exited():
+			return nil
+		case err := <-s.ReadDone():
+			s.SetReadErr(err)
+			return nil
+		}
+	}
+}
+
 // Stop drains what the ring buffer holds into the sinks, detaches every
 // probe and returns the reader's error, if any.
 func (s *Session) Stop() error {
