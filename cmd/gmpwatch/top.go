@@ -150,6 +150,9 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 	var lv *liveView
 	if live {
 		lv, ctx = startLiveView(ctx, env, sess, f.interval, f.overhead.String())
+		if win != nil {
+			lv.budget = func() string { return win.Report().Line() }
+		}
 		defer lv.close()
 	}
 

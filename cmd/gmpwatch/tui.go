@@ -34,6 +34,8 @@ type liveView struct {
 	rtErr  string
 	sym    *gobin.Symbolizer
 	cpu    time.Duration // gmpwatch's CPU time at the last interval
+	// budget, when set, tells the overhead budget's state each interval.
+	budget func() string
 
 	// The whole process's goroutines are scanned every scanEvery
 	// intervals, so that the scan costs at most a tenth of the interval.
@@ -97,6 +99,9 @@ func startLiveView(ctx context.Context, env *cmdEnv, sess *session.Session, inte
 // target's scheduler state.
 func (lv *liveView) show(r *sched.Report) {
 	s := tui.Snapshot{At: time.Now(), Report: r, RSS: procRSS(lv.pid), GMPErr: lv.rtErr}
+	if lv.budget != nil {
+		s.Budget = lv.budget()
+	}
 	if lv.rt != nil {
 		if g, err := lv.rt.GMP(); err != nil {
 			s.GMPErr = err.Error()

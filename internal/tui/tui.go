@@ -109,6 +109,9 @@ type Snapshot struct {
 	SelfCPU time.Duration
 	// RSS is the target's resident set in bytes, 0 when unknown.
 	RSS uint64
+	// Budget, when set, is the overhead budget's state: its duty cycle and
+	// the measured cost to the target (it then replaces Info.Budget).
+	Budget string
 }
 
 // SnapshotMsg delivers a Snapshot to the model.

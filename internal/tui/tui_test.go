@@ -370,3 +370,19 @@ func line(v, s string) string {
 }
 
 func strip(s string) string { return ansi.Strip(s) }
+
+// TestBudgetHeader: the header shows the budget's state each interval when
+// the session has one (duty cycle, measured cost), else the configured one.
+func TestBudgetHeader(t *testing.T) {
+	m := newTestModel(t)
+	feedLeak(t, m, 1)
+	if v := m.View(); !strings.Contains(v, "budget none set") {
+		t.Errorf("no budget: header lacks %q:\n%s", "budget none set", v)
+	}
+	s := snap(1, &sched.Report{})
+	s.Budget = "2%: duty 5.0%, est. 1.4%, measured 1.9% of target CPU"
+	send(t, m, s)
+	if v := m.View(); !strings.Contains(v, "budget 2%: duty 5.0%") {
+		t.Errorf("header lacks the budget's state:\n%s", v)
+	}
+}

@@ -117,6 +117,9 @@ func (m *Model) probeLine() string {
 		fmt.Fprintf(&b, "  gmpwatch CPU %.1f%%", 100*m.last.SelfCPU.Seconds()/m.info.Interval.Seconds())
 	}
 	budget := m.info.Budget
+	if m.last != nil && m.last.Budget != "" {
+		budget = m.last.Budget
+	}
 	if budget == "" {
 		budget = "none set"
 	}
