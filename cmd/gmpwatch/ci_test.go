@@ -390,7 +390,9 @@ func TestCIExampleScript(t *testing.T) {
 	if code != 1 || !regexp.MustCompile(`REGRESSION: .*sched latency p\d+(\.\d)? \+`).MatchString(out) || !strings.Contains(out, "failing the build") {
 		t.Errorf("A/B: exit %d, want 1 with a latency regression", code)
 	}
-	if !regexp.MustCompile(`sched latency p99 .* [+-]\d+\.\d+% \(p=0\.\d+ n=10\)`).MatchString(out) {
+	// benchstat's convention: the change when significant, "~" when not;
+	// the p-value either way.
+	if !regexp.MustCompile(`sched latency p99 .* ([+-]\d+\.\d+%|~) \(p=\d\.\d+ n=10\)`).MatchString(out) {
 		t.Errorf("A/B: the p99 row does not report its change and p-value")
 	}
 }
