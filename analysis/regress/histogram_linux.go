@@ -87,15 +87,11 @@ func ReadRuntime(pid int) (RuntimeCounters, error) {
 	if err != nil {
 		return RuntimeCounters{}, err
 	}
-	mem, err := procmem.Open(pid)
-	if err != nil {
-		return RuntimeCounters{}, fmt.Errorf("memory of %d: %w", pid, err)
-	}
-	defer mem.Close()
-	r, err := rtstate.New(p, mem)
+	r, err := rtstate.Open(p)
 	if err != nil {
 		return RuntimeCounters{}, fmt.Errorf("runtime state of %d: %w", pid, err)
 	}
+	defer r.Close()
 	s, err := r.Sched()
 	if err != nil {
 		return RuntimeCounters{}, fmt.Errorf("runtime.sched of %d: %w", pid, err)

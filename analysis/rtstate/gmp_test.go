@@ -12,7 +12,6 @@ import (
 
 	"github.com/gmpwatch/gmpwatch/analysis/event"
 	"github.com/gmpwatch/gmpwatch/analysis/plan"
-	"github.com/gmpwatch/gmpwatch/analysis/procmem"
 	"github.com/gmpwatch/gmpwatch/internal/testtarget"
 )
 
@@ -74,15 +73,11 @@ func TestGMPOfSelf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mem, err := procmem.Open(os.Getpid())
+	r, err := Open(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer mem.Close()
-	r, err := New(p, mem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	defer r.Close()
 
 	var g *GMP
 	var inSyscall *M

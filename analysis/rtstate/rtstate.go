@@ -21,10 +21,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 
 	"github.com/gmpwatch/gmpwatch/analysis/plan"
+	"github.com/gmpwatch/gmpwatch/analysis/procmem"
 )
 
 // Memory reads the target's memory at runtime (not link-time) addresses.
@@ -39,10 +41,11 @@ var ErrMissing = errors.New("plan lacks what rtstate needs")
 
 // Reader reads runtime state described by a plan.
 type Reader struct {
-	plan *plan.Plan
-	mem  Memory
-	off  offsets
-	hist HistFormat
+	plan   *plan.Plan
+	mem    Memory
+	closer io.Closer // the memory Open opened
+	off    offsets
+	hist   HistFormat
 
 	allgs, allglen, allp, allm, sched, gomaxprocs uint64 // runtime addresses
 	ncpu, memstats                                uint64 // 0 when absent
@@ -69,6 +72,30 @@ type offsets struct {
 }
 
 // New checks that p has everything needed and returns a Reader of mem.
+// Open reads the process p describes (p.PID, as plan.FromProcess fills it)
+// through /proc/PID/mem. Close releases it.
+func Open(p *plan.Plan) (*Reader, error) {
+	mem, err := procmem.Open(p.PID)
+	if err != nil {
+		return nil, err
+	}
+	r, err := New(p, mem)
+	if err != nil {
+		mem.Close()
+		return nil, fmt.Errorf("pid %d: %w", p.PID, err)
+	}
+	r.closer = mem
+	return r, nil
+}
+
+// Close releases the memory Open opened; it does nothing for New's reader.
+func (r *Reader) Close() error {
+	if r.closer == nil {
+		return nil
+	}
+	return r.closer.Close()
+}
+
 func New(p *plan.Plan, mem Memory) (*Reader, error) {
 	r := &Reader{plan: p, mem: mem}
 	var missing []string

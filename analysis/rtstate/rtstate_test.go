@@ -15,7 +15,6 @@ import (
 
 	"github.com/gmpwatch/gmpwatch/analysis/event"
 	"github.com/gmpwatch/gmpwatch/analysis/plan"
-	"github.com/gmpwatch/gmpwatch/analysis/procmem"
 	"github.com/gmpwatch/gmpwatch/internal/testtarget"
 )
 
@@ -106,15 +105,11 @@ func TestGoroutinesOfSelf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mem, err := procmem.Open(os.Getpid())
+	r, err := Open(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer mem.Close()
-	r, err := New(p, mem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	defer r.Close()
 	sc, err := r.Goroutines(context.Background(), ScanOptions{ChunkBytes: 4096})
 	if err != nil {
 		t.Fatal(err)
@@ -160,15 +155,11 @@ func BenchmarkGoroutinesMillion(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	mem, err := procmem.Open(p.PID())
+	r, err := Open(pl)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer mem.Close()
-	r, err := New(pl, mem)
-	if err != nil {
-		b.Fatal(err)
-	}
+	defer r.Close()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		sc, err := r.Goroutines(context.Background(), ScanOptions{})

@@ -15,7 +15,6 @@ import (
 	"github.com/gmpwatch/gmpwatch/analysis/export"
 	"github.com/gmpwatch/gmpwatch/analysis/paths"
 	"github.com/gmpwatch/gmpwatch/analysis/plan"
-	"github.com/gmpwatch/gmpwatch/analysis/procmem"
 	"github.com/gmpwatch/gmpwatch/analysis/record"
 	"github.com/gmpwatch/gmpwatch/analysis/rtstate"
 	"github.com/gmpwatch/gmpwatch/analysis/sched"
@@ -345,20 +344,19 @@ const gcPoll = 50 * time.Millisecond
 
 func newGCCounter(p *plan.Plan, pid int) *gcCounter {
 	g := &gcCounter{stop: make(chan struct{})}
-	mem, err := procmem.Open(pid)
+	rt, err := rtstate.Open(p)
 	if err != nil {
 		return g
 	}
-	rt, err := rtstate.New(p, mem)
-	if err != nil || !rt.HasGCCycles() {
-		mem.Close()
+	if !rt.HasGCCycles() {
+		rt.Close()
 		return g
 	}
 	if n, err := rt.GCCycles(); err == nil {
 		g.first, g.last, g.ok = n, n, true
 	}
 	go func() {
-		defer mem.Close()
+		defer rt.Close()
 		tick := time.NewTicker(gcPoll)
 		defer tick.Stop()
 		for {

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/gmpwatch/gmpwatch/analysis/plan"
-	"github.com/gmpwatch/gmpwatch/analysis/procmem"
 	"github.com/gmpwatch/gmpwatch/analysis/rtstate"
 )
 
@@ -58,7 +57,6 @@ func parseInterval(s string) (time.Duration, error) {
 // target is a process opened for reading its runtime state.
 type target struct {
 	plan *plan.Plan
-	mem  *procmem.Reader
 	rt   *rtstate.Reader
 }
 
@@ -72,19 +70,14 @@ func openTarget(pid int) (*target, error) {
 	if err != nil {
 		return nil, usageErrorf("%v", err)
 	}
-	mem, err := procmem.Open(pid)
+	rt, err := rtstate.Open(p)
 	if err != nil {
 		return nil, usageErrorf("%v", err)
 	}
-	rt, err := rtstate.New(p, mem)
-	if err != nil {
-		mem.Close()
-		return nil, usageErrorf("pid %d: %v", pid, err)
-	}
-	return &target{plan: p, mem: mem, rt: rt}, nil
+	return &target{plan: p, rt: rt}, nil
 }
 
-func (t *target) close() { t.mem.Close() }
+func (t *target) close() { t.rt.Close() }
 
 // layoutNote says where the struct layouts came from, for the header line.
 func layoutNote(p *plan.Plan) string {

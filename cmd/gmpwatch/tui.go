@@ -12,7 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gmpwatch/gmpwatch/analysis/gobin"
-	"github.com/gmpwatch/gmpwatch/analysis/procmem"
 	"github.com/gmpwatch/gmpwatch/analysis/rtstate"
 	"github.com/gmpwatch/gmpwatch/analysis/sched"
 	"github.com/gmpwatch/gmpwatch/internal/session"
@@ -29,8 +28,7 @@ type liveView struct {
 	pid    int
 	sess   *session.Session
 	stderr io.Writer
-	mem    *procmem.Reader // nil: no memory reads
-	rt     *rtstate.Reader
+	rt     *rtstate.Reader // nil: no memory reads
 	rtErr  string
 	sym    *gobin.Symbolizer
 	cpu    time.Duration // gmpwatch's CPU time at the last interval
@@ -66,13 +64,10 @@ func startLiveView(ctx context.Context, env *cmdEnv, sess *session.Session, inte
 	pid, p := sess.PID, sess.Plan
 	lv := &liveView{pid: pid, sess: sess, stderr: env.stderr, interval: interval, scanEvery: 1, sym: sess.Sym, cpu: selfCPU()}
 	// The memory reader: the G/M/P picture degrades to "unknown" without it.
-	if mem, err := procmem.Open(pid); err != nil {
-		lv.rtErr = err.Error()
-	} else if rt, err := rtstate.New(p, mem); err != nil {
-		mem.Close()
+	if rt, err := rtstate.Open(p); err != nil {
 		lv.rtErr = err.Error()
 	} else {
-		lv.mem, lv.rt = mem, rt
+		lv.rt = rt
 	}
 	info := tui.Info{
 		PID:       pid,
@@ -188,8 +183,8 @@ func (lv *liveView) close() {
 		fmt.Fprintf(lv.stderr, "gmpwatch: live view: %v\n", err)
 	}
 	lv.cancel()
-	if lv.mem != nil {
-		lv.mem.Close()
+	if lv.rt != nil {
+		lv.rt.Close()
 	}
 }
 
