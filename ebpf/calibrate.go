@@ -43,8 +43,10 @@ type Calibration struct {
 	OtherNs float64 `json:"other_ns"`
 	// AttachUs and DetachUs are the tracer's wall time to attach and to
 	// detach one uprobe: the floor of a sampling window.
-	AttachUs float64   `json:"attach_us"`
-	DetachUs float64   `json:"detach_us"`
+	AttachUs float64 `json:"attach_us"`
+	DetachUs float64 `json:"detach_us"`
+	// Links is the link kind measured (attach and detach times differ).
+	Links    LinkKind  `json:"links"`
 	Hits     int       `json:"hits"`   // calls per measurement
 	Rounds   int       `json:"rounds"` // interleaved rounds (median taken)
 	Measured time.Time `json:"measured"`
@@ -77,8 +79,8 @@ func (c *Calibration) ProgramCosts(probes []plan.Probe) map[string]float64 {
 
 // String is one line for humans.
 func (c *Calibration) String() string {
-	return fmt.Sprintf("uprobe hit %.2f µs (push), %.2f µs (call), %.2f µs (single-step); attach %.0f µs, detach %.0f µs; %s",
-		c.PushNs/1e3, c.CallNs/1e3, c.OtherNs/1e3, c.AttachUs, c.DetachUs, c.Source)
+	return fmt.Sprintf("uprobe hit %.2f µs (push), %.2f µs (call), %.2f µs (single-step); %s attach %.0f µs, detach %.0f µs; %s",
+		c.PushNs/1e3, c.CallNs/1e3, c.OtherNs/1e3, c.Links, c.AttachUs, c.DetachUs, c.Source)
 }
 
 // Calibrated returns the calibration cached at path for this boot and
@@ -91,7 +93,7 @@ func Calibrated(path string) (*Calibration, error) {
 	boot, kernel := bootKey()
 	if b, err := os.ReadFile(path); err == nil {
 		var c Calibration
-		if json.Unmarshal(b, &c) == nil && c.BootID == boot && c.Kernel == kernel && c.PushNs > 0 {
+		if json.Unmarshal(b, &c) == nil && c.BootID == boot && c.Kernel == kernel && c.PushNs > 0 && c.Links == DefaultLinkKind() {
 			c.Source = "cached " + path
 			return &c, nil
 		}
@@ -143,18 +145,21 @@ func Calibrate(hits int) (*Calibration, error) {
 	}
 	const rounds = 5
 	boot, kernel := bootKey()
-	c := &Calibration{BootID: boot, Kernel: kernel, Hits: hits, Rounds: rounds, Measured: time.Now().UTC(), Source: "measured"}
+	kind := DefaultLinkKind()
+	c := &Calibration{BootID: boot, Kernel: kernel, Hits: hits, Rounds: rounds, Measured: time.Now().UTC(), Source: "measured", Links: kind}
 
 	sites, err := calibSites()
 	if err != nil {
 		return nil, fmt.Errorf("calibrate: %w", err)
 	}
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+	ps := &ebpf.ProgramSpec{
 		Name:         "gmp_calib",
 		Type:         ebpf.Kprobe,
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
 		License:      "GPL",
-	})
+	}
+	kind.prepareSpec(map[string]*ebpf.ProgramSpec{"": ps})
+	prog, err := ebpf.NewProgram(ps)
 	if err != nil {
 		return nil, fmt.Errorf("calibrate: load bpf program: %w", classify(err))
 	}
@@ -181,7 +186,7 @@ func Calibrate(hits int) (*Calibration, error) {
 		for r := 0; r < rounds; r++ {
 			base := loop()
 			t0 := time.Now()
-			l, err := ex.Uprobe("gmpwatch_calibrate", prog, &link.UprobeOptions{Address: off, PID: os.Getpid()})
+			l, err := kind.attach(ex, "gmpwatch_calibrate", prog, off, os.Getpid(), 0)
 			if err != nil {
 				return 0, fmt.Errorf("calibrate: attach: %w", classify(err))
 			}

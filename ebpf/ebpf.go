@@ -141,6 +141,8 @@ type Options struct {
 	// walk reading its memory), at each park, creation, new thread,
 	// syscall entry and sampled allocation.
 	NoStacks bool
+	// Links is how probes are attached; "" means DefaultLinkKind().
+	Links LinkKind
 }
 
 // DefaultStackEntries is the default size of the stack map: 32768 stacks of
@@ -181,6 +183,7 @@ type Tracer struct {
 	pid    int
 	coll   *ebpf.Collection
 	links  []link.Link
+	kind   LinkKind
 	probes []plan.Probe
 	rd     *ringbuf.Reader
 
@@ -315,11 +318,16 @@ func Attach(p *plan.Plan, opts Options) (*Tracer, error) {
 			delete(spec.Programs, name)
 		}
 	}
+	kind := opts.Links
+	if kind == "" {
+		kind = DefaultLinkKind()
+	}
+	kind.prepareSpec(spec.Programs)
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		return nil, fmt.Errorf("load bpf programs: %w", classify(err))
 	}
-	t := &Tracer{pid: pid, coll: coll, closing: make(chan struct{}), runDone: make(chan struct{}),
+	t := &Tracer{pid: pid, coll: coll, kind: kind, closing: make(chan struct{}), runDone: make(chan struct{}),
 		stacks: map[int32][]uint64{}, pushAt: map[uint64]bool{}}
 
 	ex, err := link.OpenExecutable(p.Path)
@@ -330,11 +338,7 @@ func Attach(p *plan.Plan, opts Options) (*Tracer, error) {
 	for _, w := range wants {
 		prog := coll.Programs[w.prog]
 		for _, pr := range w.probes {
-			l, err := ex.Uprobe(pr.Symbol, prog, &link.UprobeOptions{
-				Address: pr.FileOffset,
-				PID:     pid,
-				Cookie:  cookie(pr),
-			})
+			l, err := kind.attach(ex, pr.Symbol, prog, pr.FileOffset, pid, cookie(pr))
 			if err != nil {
 				if pr.Optional {
 					continue
@@ -633,15 +637,13 @@ func (t *Tracer) Probes() []plan.Probe {
 	return append([]plan.Probe(nil), t.probes...)
 }
 
+// LinkKind says how the probes are attached.
+func (t *Tracer) LinkKind() LinkKind { return t.kind }
+
 func (t *Tracer) detach() error {
-	var errs []error
-	for _, l := range t.links {
-		if err := l.Close(); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	err := closeLinks(t.links)
 	t.links = nil
-	return errors.Join(errs...)
+	return err
 }
 
 // Close detaches every probe, lets a running Run drain the ring buffer and

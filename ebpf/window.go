@@ -17,6 +17,7 @@ import (
 
 	"github.com/gmpwatch/gmpwatch/analysis/budget"
 	"github.com/gmpwatch/gmpwatch/analysis/plan"
+	"github.com/gmpwatch/gmpwatch/analysis/procmem"
 )
 
 // WindowOptions configure NewWindowed.
@@ -42,13 +43,15 @@ type WindowOptions struct {
 // cycle follows the budget (analysis/budget), detaching them in between, so
 // that a detached probe costs the target nothing.
 //
-// Opening a window is cheap (an attach takes well under a millisecond),
-// closing one is not: the kernel serializes detaches and each waits for a
-// synchronization, 50-100 ms on a busy 2-core VM, while the probes not yet
-// detached keep trapping. So a window counts as open from its first attach
-// to its last detach returning (an upper bound), the controller learns that
-// fixed cost and stretches the period to keep the duty cycle (about 20 s
-// periods at 2% here), and the hottest program goes first.
+// Opening a window is cheap (an attach takes well under a millisecond).
+// Closing one costs what the link kind makes it: uprobe_multi links are
+// detached together and their breakpoints are out of the target within
+// 5-10 ms on a busy 2-core VM (each close then waits for a grace period,
+// and the waits overlap); perf-event uprobes detach one after the other,
+// 60-70 ms each with the probes not yet detached still trapping. A window
+// counts as open from its first attach to its last detach returning (an
+// upper bound); the controller learns that fixed cost and stretches the
+// period to keep the duty cycle, and the hottest program goes first.
 //
 // Run starts with a short window of everything (Attach left every probe on)
 // to measure the rates; the cheap programs then stay attached. Between
@@ -61,6 +64,9 @@ type Windowed struct {
 	opts WindowOptions
 	cal  *Calibration
 	byPr map[string][]*switchLink // program → its probes
+	// watch reads the probed instructions' first bytes in the target, to
+	// tell when the detached breakpoints are out (nil if unreadable).
+	watch *breakpointWatch
 	// costs is each program's per-hit cost, ns.
 	costs map[string]float64
 
@@ -86,6 +92,7 @@ func NewWindowed(t *Tracer, p *plan.Plan, opts WindowOptions) (*Windowed, error)
 		return nil, fmt.Errorf("windows: open %s: %w", p.Path, err)
 	}
 	w := &Windowed{t: t, ex: ex, opts: opts, cal: cal, byPr: map[string][]*switchLink{}}
+	w.watch = newBreakpointWatch(p, t.pid, t.probes)
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -112,8 +119,9 @@ func NewWindowed(t *Tracer, p *plan.Plan, opts WindowOptions) (*Windowed, error)
 		Period:      opts.Period,
 		MinWindow:   opts.MinWindow,
 		MaxPeriod:   opts.MaxPeriod,
-		// Until measured: every probe detached one after the other.
-		OpenClose: time.Duration(float64(len(t.probes)) * (cal.AttachUs + cal.DetachUs) * float64(time.Microsecond)),
+		// Until measured: every probe attached one after the other, and
+		// detached so too unless the links detach together.
+		OpenClose: openCloseGuess(t.kind, len(t.probes), cal),
 	})
 	return w, nil
 }
@@ -133,6 +141,9 @@ func (w *Windowed) Calibration() *Calibration { return w.cal }
 // counters and the target's CPU time and lets the controller decide the
 // next one.
 func (w *Windowed) Run(ctx context.Context) error {
+	if w.watch != nil {
+		defer w.watch.mem.Close()
+	}
 	cpu := processCPU(w.t.pid)
 	hits := func() map[string]uint64 { return w.t.Stats().Hits }
 	sleep := func(d time.Duration) bool {
@@ -208,12 +219,13 @@ func (w *Windowed) Run(ctx context.Context) error {
 			attached := time.Since(open)
 			ok = sleep(window)
 			detach := time.Now()
-			if err := w.set(hot, false); err != nil {
+			out, err := w.detachWatched(hot)
+			if err != nil {
 				return w.endErr(err)
 			}
 			cIn = max(0, cpu()-cOpen)
-			win = time.Since(open)
-			openClose = attached + time.Since(detach)
+			win = out.Sub(open)
+			openClose = attached + out.Sub(detach)
 			w.notify(false)
 		} else if first {
 			w.notify(false)
@@ -253,6 +265,45 @@ func (w *Windowed) Run(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// detachWatched detaches the programs' probes and returns when their
+// breakpoints were last seen in the target: the kernel takes them out at
+// the start of each detach, and then waits for a grace period that costs
+// the target nothing. Without a readable target it returns when the last
+// detach did.
+func (w *Windowed) detachWatched(progs []string) (time.Time, error) {
+	var addrs []uint64
+	for _, name := range progs {
+		for _, sl := range w.byPr[name] {
+			addrs = append(addrs, sl.probe.Address)
+		}
+	}
+	watched := make(chan time.Time, 1)
+	stop := make(chan struct{})
+	if w.watch != nil {
+		go func() { watched <- w.watch.waitOut(addrs, stop) }()
+	}
+	err := w.set(progs, false)
+	done := time.Now()
+	close(stop)
+	if w.watch == nil {
+		return done, err
+	}
+	if out := <-watched; out.Before(done) {
+		return out, err
+	}
+	return done, err
+}
+
+// openCloseGuess is the time a window of n probes takes to open and close
+// before one was measured.
+func openCloseGuess(kind LinkKind, n int, cal *Calibration) time.Duration {
+	us := float64(n) * (cal.AttachUs + cal.DetachUs)
+	if kind == UprobeMultiLinks {
+		us = float64(n)*cal.AttachUs + cal.DetachUs
+	}
+	return time.Duration(us * float64(time.Microsecond))
 }
 
 // alwaysTooHot reports whether the always-on programs cost more than the
@@ -298,12 +349,10 @@ func (w *Windowed) notify(open bool) {
 	w.opts.OnWindow(open, time.Duration(ts.Nano()))
 }
 
-// set attaches (on) or detaches the programs' probes, one after the other:
-// the kernel serializes them anyway (a detach waits for a synchronization,
-// tens of ms on a busy target, with the breakpoints of the probes not yet
-// detached still trapping). So the hottest program is attached last and
-// detached first. The window counts as open until the last detach
-// returns.
+// set attaches (on) the programs' probes one after the other, the hottest
+// last, or detaches them all together (closeLinks; perf-event uprobes are
+// serialized by the kernel anyway, the hottest then goes first). The
+// window counts as open until the last detach returns.
 func (w *Windowed) set(progs []string, on bool) error {
 	rates := map[string]float64{}
 	w.mu.Lock()
@@ -319,15 +368,17 @@ func (w *Windowed) set(progs []string, on bool) error {
 		return cmp.Compare(rates[b], rates[a])
 	})
 	var errs []error
+	var off []link.Link
 	for _, name := range progs {
 		for _, sl := range w.byPr[name] {
 			if on {
 				errs = append(errs, sl.on())
 			} else if l := sl.take(); l != nil {
-				errs = append(errs, l.Close())
+				off = append(off, l)
 			}
 		}
 	}
+	errs = append(errs, closeLinks(off))
 	return errors.Join(errs...)
 }
 
@@ -351,11 +402,7 @@ func (s *switchLink) on() error {
 	if s.closed || s.cur != nil {
 		return nil
 	}
-	l, err := s.w.ex.Uprobe(s.probe.Symbol, s.prog, &link.UprobeOptions{
-		Address: s.probe.FileOffset,
-		PID:     s.w.t.pid,
-		Cookie:  cookie(s.probe),
-	})
+	l, err := s.w.t.kind.attach(s.w.ex, s.probe.Symbol, s.prog, s.probe.FileOffset, s.w.t.pid, cookie(s.probe))
 	if err != nil {
 		if s.probe.Optional {
 			return nil
@@ -386,6 +433,65 @@ func (s *switchLink) Close() error {
 	err := s.cur.Close()
 	s.cur = nil
 	return err
+}
+
+// breakpointWatch tells when uprobe breakpoints are out of a target, by
+// reading the probed instructions' first bytes from its memory (read only)
+// and comparing them with the file's.
+type breakpointWatch struct {
+	mem  *procmem.Reader
+	bias uint64
+	orig map[uint64]byte // link-time address → the file's byte there
+}
+
+func newBreakpointWatch(p *plan.Plan, pid int, probes []plan.Probe) *breakpointWatch {
+	f, err := os.Open(p.Path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	mem, err := procmem.Open(pid)
+	if err != nil {
+		return nil
+	}
+	bw := &breakpointWatch{mem: mem, bias: p.LoadBias, orig: map[uint64]byte{}}
+	for _, pr := range probes {
+		var b [1]byte
+		if _, err := f.ReadAt(b[:], int64(pr.FileOffset)); err != nil || b[0] == int3 {
+			mem.Close()
+			return nil
+		}
+		bw.orig[pr.Address] = b[0]
+	}
+	return bw
+}
+
+// int3 is the breakpoint instruction a uprobe writes over the probed one.
+const int3 = 0xcc
+
+// waitOut polls until no address in addrs holds a breakpoint, or stop is
+// closed, and returns when it last saw one (now if it never did).
+func (bw *breakpointWatch) waitOut(addrs []uint64, stop <-chan struct{}) time.Time {
+	last := time.Now()
+	var b [1]byte
+	for {
+		in := false
+		for _, a := range addrs {
+			if _, err := bw.mem.ReadAt(b[:], a+bw.bias); err == nil && b[0] != bw.orig[a] {
+				in = true
+				break
+			}
+		}
+		if !in {
+			return last
+		}
+		last = time.Now()
+		select {
+		case <-stop:
+			return last
+		case <-time.After(200 * time.Microsecond):
+		}
+	}
 }
 
 // processCPU returns a function reading the CPU time of process pid (all
