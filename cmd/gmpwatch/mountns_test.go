@@ -68,7 +68,7 @@ func TestOtherMountNamespace(t *testing.T) {
 	var gmOut, gmErr topBuffer
 	traced := make(chan int, 1)
 	go func() {
-		traced <- Main(t.Context(), []string{"--json", "-i", "1h", "-p", strconv.Itoa(pid)}, &cmdEnv{stdout: &gmOut, stderr: &gmErr, stdin: strings.NewReader("")})
+		traced <- Main(t.Context(), []string{"--json", "--overhead", "max", "-i", "1h", "-p", strconv.Itoa(pid)}, &cmdEnv{stdout: &gmOut, stderr: &gmErr, stdin: strings.NewReader("")})
 	}()
 	topWaitFor(t, &gmErr, "Tracing PID", 30*time.Second)
 	io.WriteString(stdin, "go\n")

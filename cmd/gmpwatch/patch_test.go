@@ -221,7 +221,7 @@ func TestPreemptSliceUnderGmpwatch(t *testing.T) {
 		if code, _, errOut := runMain(t, "patch", "build", "preempt-slice="+slice, "-o", bin, "--", pkg); code != 0 {
 			t.Fatalf("patch build preempt-slice=%s: exit %d: %s", slice, code, errOut)
 		}
-		code, stdout, errOut, _ := runTopMain(t, context.Background(), strings.NewReader(""), "--json", "--", bin, "-mode", "ticker", "-d", "1500ms")
+		code, stdout, errOut, _ := runTopMain(t, context.Background(), strings.NewReader(""), "--json", "--overhead", "max", "--", bin, "-mode", "ticker", "-d", "1500ms")
 		if code != 0 {
 			t.Fatalf("gmpwatch -- preemptlat (%s): exit %d: %s", slice, code, errOut)
 		}

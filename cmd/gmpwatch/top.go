@@ -20,7 +20,7 @@ import (
 func init() {
 	register(&command{
 		name:    "top",
-		usage:   "[top] -p PID | -- CMD ARGS [-i 1s] [-d DUR] [--json] [--no-tui] [--overhead max|2%]",
+		usage:   "[top] -p PID | -- CMD ARGS [-i 1s] [-d DUR] [--json] [--no-tui] [--overhead 2%|max]",
 		summary: "trace the scheduler: a summary every interval and a final report",
 		run:     runTop,
 	})
@@ -46,7 +46,7 @@ func parseTopFlags(args []string) (*topFlags, error) {
 	fs.DurationVar(&f.duration, "d", 0, "stop after `duration` (0: until Ctrl-C or the target exits)")
 	fs.BoolVar(&f.json, "json", false, "print every summary and the final report as one JSON object a line")
 	fs.BoolVar(&f.noTUI, "no-tui", false, "print interval text instead of the live view on a terminal")
-	overhead := fs.String("overhead", "max", "probe cost budget: a share of the target's CPU (2%: hot probes sampled in windows) or max (every event)")
+	overhead := fs.String("overhead", "2%", "probe cost budget: a share of the target's CPU time (hot probes are sampled in windows), or max: every event")
 	if err := fs.Parse(args); err != nil {
 		return nil, usageErrorf("%v", err)
 	}
@@ -113,6 +113,7 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 	// Under a budget the hot probes come and go in windows; the model is
 	// told, so it measures nothing across the time they were off.
 	var win *ebpf.Windowed
+	var exact *runtimeSampler
 	if !f.overhead.Max {
 		cal, err := ebpf.Calibrated("")
 		if err != nil {
@@ -134,6 +135,10 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 		wctx, wstop := context.WithCancel(ctx)
 		defer wstop()
 		go win.Run(wctx)
+		// The figures the runtime counts itself stay exact: read them
+		// from its memory each interval.
+		exact = newRuntimeSampler(ctx, p, sess.Launched())
+		defer exact.close()
 	}
 	if sess.Launched() {
 		defer func() {
@@ -156,10 +161,10 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 		defer lv.close()
 	}
 
-	emit := func(r *sched.Report) error {
+	emit := func(r *sched.Report, rt *runtimeFigures) error {
 		if lv != nil {
 			if r.Kind != sched.KindFinal {
-				lv.show(r)
+				lv.show(r, rt)
 				return nil
 			}
 			lv.close()
@@ -172,8 +177,9 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 		if f.json {
 			b, err := json.Marshal(struct {
 				*sched.Report
-				Overhead *budget.Report `json:"overhead,omitempty"`
-			}{r, over})
+				Overhead *budget.Report  `json:"overhead,omitempty"`
+				Runtime  *runtimeFigures `json:"runtime,omitempty"`
+			}{r, over, rt})
 			if err != nil {
 				return err
 			}
@@ -188,8 +194,10 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 		if err := write(env.stdout, r); err != nil || over == nil {
 			return err
 		}
-		_, err := fmt.Fprintf(env.stdout, "Overhead: %s\n", over.Line())
-		return err
+		if _, err := fmt.Fprintf(env.stdout, "Overhead: %s\n", over.Line()); err != nil || rt == nil {
+			return err
+		}
+		return writeRuntimeFigures(env.stdout, rt)
 	}
 
 	if err := sess.Loop(ctx, f.duration, f.interval, func() error {
@@ -200,7 +208,7 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 		r := model.Snapshot(now)
 		model.Reset(now)
 		sess.Unlock()
-		if err := emit(r); err != nil {
+		if err := emit(r, exact.interval(ctx)); err != nil {
 			return fmt.Errorf("write: %w", err)
 		}
 		return nil
@@ -215,7 +223,7 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 	model.SetLost(sess.Stats().Lost)
 	final := model.Total(now)
 	sess.Unlock()
-	if err := emit(final); err != nil {
+	if err := emit(final, exact.total(context.Background())); err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
 	return readErr

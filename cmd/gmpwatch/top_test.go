@@ -96,10 +96,12 @@ func TestTopFlags(t *testing.T) {
 		"-p=9 -json=true -i=1ms":        {pid: 9, interval: time.Millisecond, json: true},
 		"-- /bin/prog --json -p 1 -i 0": {interval: time.Second, cmd: []string{"/bin/prog", "--json", "-p", "1", "-i", "0"}},
 		"-p 7 --overhead 2%":            {pid: 7, interval: time.Second, overhead: budget.Spec{Share: 0.02, FloorCores: budget.DefaultFloorCores}},
+		"-p 7 --overhead max":           {pid: 7, interval: time.Second, overhead: budget.Spec{Max: true, Share: 1, FloorCores: budget.DefaultFloorCores}},
+		"-p 7 --overhead 0.5%":          {pid: 7, interval: time.Second, overhead: budget.Spec{Share: 0.005, FloorCores: budget.DefaultFloorCores}},
 	}
 	for in, want := range good {
 		if want.overhead == (budget.Spec{}) {
-			want.overhead, _ = budget.Parse("max") // the default: every event
+			want.overhead = budget.Default() // the live view's default
 		}
 		f, err := parseTopFlags(strings.Fields(in))
 		if err != nil {
@@ -186,7 +188,7 @@ func TestTopLaunchSpawn(t *testing.T) {
 			bin := testtarget.Build(t, "spawn", tc.tc, tc.v)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			code, stdout, stderr, wall := runTopMain(t, ctx, strings.NewReader("\n"), "--json", "-i", "1h", "--", bin, "-n", strconv.Itoa(n))
+			code, stdout, stderr, wall := runTopMain(t, ctx, strings.NewReader("\n"), "--json", "--overhead", "max", "-i", "1h", "--", bin, "-n", strconv.Itoa(n))
 			if code != 0 {
 				t.Fatalf("status %d, stderr:\n%s", code, stderr)
 			}
@@ -335,7 +337,7 @@ func topAttachPID(t *testing.T, bin, goVersion string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	go func() {
-		done <- Main(ctx, []string{"-p", strconv.Itoa(cmd.Process.Pid), "--json", "-i", "50ms"}, &cmdEnv{stdout: &stdout, stderr: &stderr, stdin: strings.NewReader("")})
+		done <- Main(ctx, []string{"-p", strconv.Itoa(cmd.Process.Pid), "--json", "--overhead", "max", "-i", "50ms"}, &cmdEnv{stdout: &stdout, stderr: &stderr, stdin: strings.NewReader("")})
 	}()
 	topWaitFor(t, &stderr, "Ctrl-C to end.\n", 30*time.Second)
 	if want := fmt.Sprintf("Tracing PID %d (%s", cmd.Process.Pid, goVersion); !strings.HasPrefix(stderr.String(), want) {
@@ -434,7 +436,7 @@ func TestTopBlockers(t *testing.T) {
 	testtarget.RequireRoot(t)
 	const d = 100 * time.Millisecond
 	bin := testtarget.Build(t, "blockers", testtarget.Go126, testtarget.Plain)
-	code, stdout, stderr, wall := runTopMain(t, context.Background(), strings.NewReader("\n"), "--json", "-i", "1h", "--", bin, "-d", d.String())
+	code, stdout, stderr, wall := runTopMain(t, context.Background(), strings.NewReader("\n"), "--json", "--overhead", "max", "-i", "1h", "--", bin, "-d", d.String())
 	if code != 0 {
 		t.Fatalf("status %d: %s", code, stderr)
 	}
@@ -507,7 +509,7 @@ func (h *topRuntimeLatency) quantile(q float64) (lo, hi float64) {
 func TestTopAgreesWithRuntime(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := testtarget.Build(t, "schedload", testtarget.Go126, testtarget.Plain)
-	code, stdout, stderr, _ := runTopMain(t, context.Background(), nil, "--json", "-i", "1h", "--", bin, "-metrics", "-fail", "3")
+	code, stdout, stderr, _ := runTopMain(t, context.Background(), nil, "--json", "--overhead", "max", "-i", "1h", "--", bin, "-metrics", "-fail", "3")
 	if code != 3 {
 		t.Fatalf("status %d, want schedload's -fail 3; stderr:\n%s", code, stderr)
 	}
@@ -670,7 +672,7 @@ func TestTopOverheadBudget(t *testing.T) {
 	bin := testtarget.Build(t, "storm", testtarget.Go126, testtarget.Plain)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	code, stdout, stderr, _ := runTopMain(t, ctx, nil, "--json", "--overhead", "2%", "-i", "1s", "--", bin, "-d", "8s")
+	code, stdout, stderr, _ := runTopMain(t, ctx, nil, "--json", "--overhead", "2%", "-i", "500ms", "--", bin, "-d", "8s", "-hold", "1500ms")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -683,6 +685,7 @@ func TestTopOverheadBudget(t *testing.T) {
 			Measured  float64           `json:"measured_cost"`
 			Sampled   []json.RawMessage `json:"sampled"`
 		} `json:"overhead"`
+		Runtime *runtimeFigures `json:"runtime"`
 	}
 	lines := strings.Split(strings.TrimSpace(stdout), "\n")
 	last := ""
@@ -708,4 +711,25 @@ func TestTopOverheadBudget(t *testing.T) {
 		t.Errorf("sampled windows gave %d latencies, %d lost", final.SchedLatency.Count, final.LostEvents)
 	}
 	t.Logf("duty %.1f%%, estimated %.2f%%, measured %.2f%%, %d latencies", 100*o.DutyCycle, 100*o.Estimated, 100*o.Measured, final.SchedLatency.Count)
+
+	// The figures the runtime counts stay exact: every goroutine storm
+	// started (its spawns, 2 per ping-pong pair, the spawner, the
+	// allocator), plus the runtime's own few, read from its memory.
+	rt := final.Runtime
+	if rt == nil || rt.Created == nil {
+		t.Fatalf("final report without the runtime's exact figures: %s", last)
+	}
+	var pp, spawn, alloc, total int
+	if _, err := fmt.Sscanf(topLine(lines, "ops "), "ops pingpong=%d spawn=%d alloc=%d total=%d", &pp, &spawn, &alloc, &total); err != nil {
+		t.Fatalf("storm's counts: %v in %q", err, lines)
+	}
+	if low := uint64(spawn + 2*2 + 1 + 1); *rt.Created < low || *rt.Created > low+32 {
+		t.Errorf("runtime counted %d goroutines created; storm started %d (+ the runtime's own, up to 32)", *rt.Created, low)
+	}
+	if rt.SchedLatency.Count == 0 {
+		t.Errorf("the runtime's own latency histogram is empty")
+	}
+	t.Logf("sched latency: windows p50 %s p99 %s (%d); runtime p50 %s p99 %s (%d)",
+		sched.FormatNs(final.SchedLatency.P50Ns), sched.FormatNs(final.SchedLatency.P99Ns), final.SchedLatency.Count,
+		sched.FormatNs(uint64(rt.SchedLatency.P50)), sched.FormatNs(uint64(rt.SchedLatency.P99)), rt.SchedLatency.Count)
 }

@@ -92,8 +92,13 @@ func startLiveView(ctx context.Context, env *cmdEnv, sess *session.Session, inte
 
 // show hands one interval report to the view, with a fresh read of the
 // target's scheduler state.
-func (lv *liveView) show(r *sched.Report) {
+func (lv *liveView) show(r *sched.Report, rt *runtimeFigures) {
 	s := tui.Snapshot{At: time.Now(), Report: r, RSS: procRSS(lv.pid), GMPErr: lv.rtErr}
+	if rt != nil {
+		l := rt.SchedLatency
+		s.Runtime = fmt.Sprintf("n %-7d p50 %-8s p90 %-8s p99 %-8s (exact; 1 in 8 sampled by the runtime)",
+			l.Count, sched.FormatNs(uint64(l.P50)), sched.FormatNs(uint64(l.P90)), sched.FormatNs(uint64(l.P99)))
+	}
 	if lv.budget != nil {
 		s.Budget = lv.budget()
 	}

@@ -141,7 +141,7 @@ func TestLiveViewTmux(t *testing.T) {
 
 	pane := &tmuxPane{t: t, socket: fmt.Sprintf("gmpwatch-test-%d", os.Getpid())}
 	// The shell reports gmpwatch's status and the terminal's mode after it.
-	script := fmt.Sprintf("%s -p %d -i 200ms; echo \"gmpwatch exited $?\"; stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | tr '\\n' ' '; echo; exec sleep 600", gmpwatch, pid)
+	script := fmt.Sprintf("%s -p %d -i 200ms --overhead max; echo \"gmpwatch exited $?\"; stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | tr '\\n' ' '; echo; exec sleep 600", gmpwatch, pid)
 	pane.run("new-session", "-d", "-s", "live", "-x", "160", "-y", "50", "sh", "-c", script)
 	t.Cleanup(func() { _ = exec.Command("tmux", "-L", pane.socket, "kill-server").Run() })
 

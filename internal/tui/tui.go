@@ -112,6 +112,10 @@ type Snapshot struct {
 	// Budget, when set, is the overhead budget's state: its duty cycle and
 	// the measured cost to the target (it then replaces Info.Budget).
 	Budget string
+	// Runtime, when set, is the runtime's own scheduling latency over the
+	// interval, read from its memory: exact whatever the budget's duty
+	// cycle, where the windows' figures include the probes' own cost.
+	Runtime string
 }
 
 // SnapshotMsg delivers a Snapshot to the model.

@@ -142,6 +142,9 @@ func (m *Model) latencyLines() []string {
 	}
 	out = append(out, fmt.Sprintf("               total %-5s n %-7s p50 %-8s p90 %-8s p99 %-8s max %s",
 		"", count(m.latN), sched.FormatNs(m.latQuantile(.5)), sched.FormatNs(m.latQuantile(.9)), sched.FormatNs(m.latQuantile(.99)), sched.FormatNs(m.latMax)))
+	if m.last != nil && m.last.Runtime != "" {
+		out = append(out, "Runtime's own  "+m.last.Runtime)
+	}
 	w := max(m.width-22, 8)
 	out = append(out, "p99 over time  "+stSpark.Render(sparkline(m.p99Hist, w)))
 	return out

@@ -6,7 +6,9 @@
 //
 // With -wait it prints "ready" and starts when a line arrives on stdin (a
 // tracer attaches in between). With -trace FILE the runtime's execution
-// tracer (runtime/trace) records the whole run into FILE.
+// tracer (runtime/trace) records the whole run into FILE. With -hold D it
+// waits D after printing the counts, so that a reader of its memory sees
+// the final counters.
 package main
 
 import (
@@ -29,6 +31,7 @@ var (
 	wait   = flag.Bool("wait", false, "print ready and wait for a line on stdin")
 	trc    = flag.String("trace", "", "write a runtime/trace of the run to this file")
 	procs  = flag.Int("procs", 2, "GOMAXPROCS")
+	hold   = flag.Duration("hold", 0, "after printing the counts, wait this long before exiting")
 )
 
 var sink atomic.Pointer[[]byte]
@@ -116,4 +119,5 @@ func main() {
 	stop.Store(true)
 	wg.Wait()
 	fmt.Printf("ops pingpong=%d spawn=%d alloc=%d total=%d\n", pp.Load(), sp.Load(), al.Load(), pp.Load()+sp.Load()+al.Load())
+	time.Sleep(*hold)
 }
