@@ -7,7 +7,8 @@
 //     the end), delay/nanoseconds (scheduling delay, runnable to running, by
 //     the stack at which the goroutine became runnable: its park stack when
 //     it was readied, its creation stack when it was created, as
-//     `go tool trace -pprof=sched`), blocks/count and blocking/nanoseconds
+//     `go tool trace -pprof=sched` charges it; first runs included, which
+//     that tool leaves out), blocks/count and blocking/nanoseconds
 //     (time parked, by park stack; label reason = the wait reason),
 //     alloc_objects/count and alloc_space/bytes (sampled allocations scaled
 //     as the heap profile is) and threads/count (threads created, by the

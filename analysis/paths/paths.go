@@ -21,7 +21,7 @@
 //
 // It also keeps, per stack, the scheduling delay (runnable to running,
 // charged to the stack at which the goroutine became runnable, as
-// `go tool trace -pprof=sched` does), for the exports.
+// `go tool trace -pprof=sched` does, first runs included), for the exports.
 //
 // Stacks are kept as a Loc (a stack ID and the event's PC) while events come
 // and are resolved to frames only when a report is made, so stacks that

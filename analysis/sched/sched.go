@@ -8,8 +8,11 @@
 // Definitions:
 //
 //   - Scheduling latency is the time a goroutine spends runnable before it
-//     runs, the definition of `go tool trace -pprof=sched`: from the GoCreate,
-//     GoUnpark or GoSched that made it runnable to its next GoStart.
+//     runs: from the GoCreate, GoUnpark or GoSched that made it runnable to
+//     its next GoStart — every runnable → running transition, as the
+//     runtime's own /sched/latencies:seconds counts them. (`go tool trace
+//     -pprof=sched` leaves out each goroutine's first run, creation to
+//     first GoStart; analysis/exectrace computes both from a trace.)
 //   - A wait is the time from a GoPark to the GoUnpark of the same goroutine
 //     (or to its GoStart when the unpark was not seen), charged to the park's
 //     wait reason.

@@ -259,7 +259,7 @@ func (m *Model) helpLines() []string {
 		"  ?           this help; any key closes it",
 		"",
 		stLabel.Render("What is shown"),
-		"  Sched latency: runnable → running (go tool trace -pprof=sched), from the probes.",
+		"  Sched latency: runnable → running (every transition), from the probes.",
 		"  Ps and Ms: read from the target's memory each interval (racy snapshot);",
 		"    busy % from the probes. Sites: go statements; trend = alive change (leaks).",
 		"  Counters are since start or the last r; lost events are never hidden.",
