@@ -1,25 +1,34 @@
 // Command bench-overhead measures what gmpwatch costs the programs it traces
 // (issue 6). As root, from the repository:
 //
-//	go run ./scripts/bench-overhead [-reps 3] [-d 10s]
+//	go run ./scripts/bench-overhead [-reps 5] [-d 10s]
 //
 // It builds the targets (testdata/storm: ping-pong, spawn and alloc on
 // GOMAXPROCS=2; testdata/httpserver with a loopback load generator in this
 // process, 127.0.0.1 only, bounded in time; testdata/bigbin, a ~48 MB binary
-// with DWARF), then runs each configuration interleaved and repeated:
+// with DWARF). Each configuration runs side by side with an untraced twin:
+// two copies of the target start together, one under the configuration,
+// and the ratio of their throughputs is the configuration's cost. On a
+// shared machine whose speed drifts by tens of percent from one run to the
+// next, the twins see the same drift (each gets about one core); the
+// "untraced" configuration (two untraced twins) shows what is left of the
+// noise. Configurations, interleaved and repeated:
 //
-//	untraced   the target alone
-//	default    gmpwatch's probes under the default budget (2%, windows)
-//	max        every event (--overhead max)
-//	rtrace     the target's own runtime/trace on (-trace FILE)
-//	bpftrace   bpftrace counting hits on the same functions (if installed)
+//	untraced        the twin alone: the method's own spread (A/A)
+//	default         gmpwatch's probes under the default budget (2%, windows)
+//	max             every event (--overhead max)
+//	rtrace          the target's own runtime/trace on (-trace FILE)
+//	bpftrace        bpftrace counting hits on the same functions (if installed)
+//	bpftrace-print  bpftrace printing a line per hit, as a tool delivering
+//	                every event to user space does
 //
 // The traced configurations run gmpwatch in this process as the live command
 // does: plan, attach, ring buffer read into the scheduler model
 // (analysis/sched), budget windows (ebpf.Windowed). It prints, per workload,
-// the throughput ratio to the untraced run of the same repetition (median
-// and min–max), the CPU each probe hit cost the target, the calibrated
-// floor, and the time from start to probes live on the big binary.
+// the ratio to the twin (median and min–max), gmpwatch's own CPU, and, from
+// a run with the kernel's BPF run-time statistics on (they cost a little, so
+// only there), what each probe hit cost; then the time from start to probes
+// live on the big binary.
 package main
 
 import (
@@ -33,11 +42,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -52,8 +63,9 @@ var (
 	reps     = flag.Int("reps", 3, "repetitions of each configuration")
 	dur      = flag.Duration("d", 10*time.Second, "length of one run")
 	conns    = flag.Int("conns", 8, "load generator connections")
-	only     = flag.String("only", "", "comma-separated workloads: storm,http,startup (default all)")
-	cfgList  = flag.String("configs", "untraced,default,max,rtrace,bpftrace", "configurations (untraced first)")
+	only     = flag.String("only", "", "comma-separated workloads: storm,http,perhit,startup (default all)")
+	cfgList  = flag.String("configs", "untraced,default,max,rtrace,bpftrace,bpftrace-print", "configurations")
+	cpuProf  = flag.String("cpuprofile", "", "write this process's CPU profile (gmpwatch's own cost) to `file`")
 	progList = flag.String("programs", "schedule,execute,gopark,ready,goschedImpl,goexit0,newproc_runqput,newm,injectglist", "BPF programs attached")
 )
 
@@ -62,6 +74,15 @@ func main() {
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench-overhead: run as root (BPF)")
 		os.Exit(2)
+	}
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench-overhead:", err)
+			os.Exit(2)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
 	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-overhead:", err)
@@ -73,10 +94,11 @@ func want(w string) bool {
 	return *only == "" || slices.Contains(strings.Split(*only, ","), w)
 }
 
-// result is one run.
+// result is one run of a target.
 type result struct {
 	ops    float64       // storm: operations; http: requests
 	cpu    time.Duration // target CPU time
+	self   time.Duration // gmpwatch's CPU time (this process's, storm only)
 	hits   uint64        // probe hits (gmpwatch configurations)
 	events uint64
 	lost   uint64
@@ -85,10 +107,13 @@ type result struct {
 	rep    *budget.Report
 }
 
+// pair is one side-by-side run: the configuration and its untraced twin.
+type pair struct{ x, twin result }
+
 type workload struct {
 	name    string
 	configs []string
-	run     func(cfg string) (result, error)
+	run     func(cfg string) (pair, error)
 }
 
 func run() error {
@@ -96,46 +121,30 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	if c, err := ebpf.EnableRunTimeStats(); err == nil {
-		defer c.Close()
-	} else {
-		fmt.Fprintln(os.Stderr, "bench-overhead:", err)
-	}
 	fmt.Printf("calibration: %v\n", cal)
 	var wls []workload
-	var configs []string
-	for _, c := range strings.Split(*cfgList, ",") {
-		if c != "bpftrace" {
-			configs = append(configs, c)
-		}
-	}
-	if len(configs) == 0 || configs[0] != "untraced" {
-		return errors.New("-configs must start with untraced")
-	}
+	configs := strings.Split(*cfgList, ",")
 	bt, _ := exec.LookPath("bpftrace")
-	if !strings.Contains(*cfgList, "bpftrace") {
-		bt = ""
+	if bt == "" {
+		configs = slices.DeleteFunc(configs, func(c string) bool { return strings.HasPrefix(c, "bpftrace") })
 	}
 	if want("storm") {
 		bin, err := testtarget.BuildErr("storm", testtarget.Go126, testtarget.Plain)
 		if err != nil {
 			return err
 		}
-		cs := configs
-		if bt != "" {
-			cs = append(slices.Clone(cs), "bpftrace")
-		}
-		wls = append(wls, workload{"storm", cs, func(cfg string) (result, error) { return runStorm(bin, cfg, cal, bt) }})
+		wls = append(wls, workload{"storm", configs, func(cfg string) (pair, error) { return runStorm(bin, cfg, cal, bt) }})
 	}
 	if want("http") {
 		bin, err := testtarget.BuildErr("httpserver", testtarget.Go126, testtarget.Plain)
 		if err != nil {
 			return err
 		}
-		wls = append(wls, workload{"http", configs, func(cfg string) (result, error) { return runHTTP(bin, cfg, cal) }})
+		cs := slices.DeleteFunc(slices.Clone(configs), func(c string) bool { return strings.HasPrefix(c, "bpftrace") })
+		wls = append(wls, workload{"http", cs, func(cfg string) (pair, error) { return runHTTP(bin, cfg, cal) }})
 	}
 	for _, wl := range wls {
-		res := map[string][]result{}
+		res := map[string][]pair{}
 		for r := 0; r < *reps; r++ {
 			// Rotate the order so that no configuration always runs first.
 			for i := range wl.configs {
@@ -145,10 +154,16 @@ func run() error {
 					return fmt.Errorf("%s %s: %w", wl.name, cfg, err)
 				}
 				res[cfg] = append(res[cfg], x)
-				fmt.Fprintf(os.Stderr, "%s rep %d %-8s %12.0f ops/s cpu %6.2fs hits %d\n", wl.name, r+1, cfg, x.ops/dur.Seconds(), x.cpu.Seconds(), x.hits)
+				fmt.Fprintf(os.Stderr, "%s rep %d %-14s %10.0f ops/s (twin %10.0f) ratio %.3f cpu %6.2fs hits %d\n",
+					wl.name, r+1, cfg, x.x.ops/dur.Seconds(), x.twin.ops/dur.Seconds(), x.x.ops/x.twin.ops, x.x.cpu.Seconds(), x.x.hits)
 			}
 		}
-		printTable(wl, res, cal)
+		printTable(wl, res)
+	}
+	if want("storm") && want("perhit") {
+		if err := perHit(cal); err != nil {
+			return err
+		}
 	}
 	if want("startup") {
 		if err := startup(cal); err != nil {
@@ -158,64 +173,77 @@ func run() error {
 	return nil
 }
 
-func printTable(wl workload, res map[string][]result, cal *ebpf.Calibration) {
-	fmt.Printf("\n%s (%d reps of %v, interleaved; ratio = throughput / untraced of the same rep)\n", wl.name, *reps, *dur)
+func printTable(wl workload, res map[string][]pair) {
+	fmt.Printf("\n%s (%d reps of %v, interleaved; ratio = throughput / its untraced twin's, run side by side)\n", wl.name, *reps, *dur)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "config\tops/s (median)\tratio median\tmin\tmax\thits/s\tcpu-ns/hit\tbpf-ns/hit\tduty\tbudget report\t")
-	base := res["untraced"]
+	fmt.Fprintln(tw, "config\tops/s (median)\tratio median\tmin\tmax\thits/s\tevents lost\tgmpwatch CPU\tduty\tbudget report\t")
+	ratio := map[string]float64{}
 	for _, cfg := range wl.configs {
 		rs := res[cfg]
-		var ratios, opsps, perHit []float64
-		var hits float64
-		var bpf time.Duration
-		var runs uint64
-		for i, x := range rs {
-			bpf += x.bpf
-			runs += x.runs
-			opsps = append(opsps, x.ops/dur.Seconds())
-			ratios = append(ratios, x.ops/base[i].ops)
-			hits += float64(x.hits)
-			if x.hits > 0 {
-				// CPU per op traced minus untraced, times ops, per hit.
-				extra := float64(x.cpu)/x.ops - float64(base[i].cpu)/base[i].ops
-				perHit = append(perHit, extra*x.ops/float64(x.hits))
-			}
+		var ratios, opsps []float64
+		var hits, lost, self float64
+		for _, x := range rs {
+			opsps = append(opsps, x.x.ops/dur.Seconds())
+			ratios = append(ratios, x.x.ops/x.twin.ops)
+			hits += float64(x.x.hits)
+			lost += float64(x.x.lost)
+			self += x.x.self.Seconds()
 		}
+		ratio[cfg] = median(ratios)
 		duty, line := "", ""
-		if last := rs[len(rs)-1].rep; last != nil {
+		if last := rs[len(rs)-1].x.rep; last != nil {
 			duty = fmt.Sprintf("%.2f%%", last.DutyCycle*100)
 			line = fmt.Sprintf("est %.2f%% meas %.2f%% win %.0f+%.0fms/%.1fs", last.EstimatedCost*100, last.MeasuredCost*100, last.WindowMs, last.OpenCloseMs, last.PeriodMs/1e3)
 		}
-		ph := ""
-		if len(perHit) > 0 {
-			ph = fmt.Sprintf("%.0f", median(perHit))
-		}
-		hs := ""
+		hs, ls, ss := "", "", ""
 		if hits > 0 {
 			hs = fmt.Sprintf("%.0f", hits/float64(len(rs))/dur.Seconds())
+			ls = fmt.Sprintf("%.0f", lost)
 		}
-		bs := ""
-		if runs > 0 {
-			bs = fmt.Sprintf("%.0f", float64(bpf)/float64(runs))
+		if self > 0 {
+			ss = fmt.Sprintf("%.1f%%", 100*self/float64(len(rs))/dur.Seconds())
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%s\t\n", cfg, median(opsps), median(ratios), slices.Min(ratios), slices.Max(ratios), hs, ph, bs, duty, line)
+		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%s\t\n", cfg, median(opsps), median(ratios), slices.Min(ratios), slices.Max(ratios), hs, ls, ss, duty, line)
 	}
 	tw.Flush()
-	fmt.Printf("calibrated floor (empty program): %.0f ns/hit on PUSHQ BP, %.0f on CALL, %.0f single-stepped\n", cal.PushNs, cal.CallNs, cal.OtherNs)
-	if d, r := res["default"], res["rtrace"]; len(d) > 0 && len(r) > 0 {
-		var vs []float64
-		for i := range d {
-			vs = append(vs, d[i].ops/r[i].ops)
+	for _, vs := range [][2]string{{"default", "rtrace"}, {"max", "bpftrace"}, {"max", "bpftrace-print"}} {
+		if a, b := ratio[vs[0]], ratio[vs[1]]; a > 0 && b > 0 {
+			fmt.Printf("%s vs %s: %.2fx the throughput (ratio of the median ratios)\n", vs[0], vs[1], a/b)
 		}
-		fmt.Printf("default vs runtime/trace: %.2fx (median)\n", median(vs))
 	}
-	if d, r := res["max"], res["bpftrace"]; len(d) > 0 && len(r) > 0 {
-		var vs []float64
-		for i := range d {
-			vs = append(vs, d[i].ops/r[i].ops)
+}
+
+// perHit runs the storm under every event with the kernel's BPF run-time
+// statistics on, and prints what a hit of each program cost: its own run
+// time, and the target's CPU per hit against the calibrated floor.
+func perHit(cal *ebpf.Calibration) error {
+	bin, err := testtarget.BuildErr("storm", testtarget.Go126, testtarget.Plain)
+	if err != nil {
+		return err
+	}
+	c, err := ebpf.EnableRunTimeStats()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var bpfNs []float64
+	for r := 0; r < *reps; r++ {
+		x, err := runStorm(bin, "max", cal, "")
+		if err != nil {
+			return err
 		}
-		fmt.Printf("max vs bpftrace: %.2fx (median)\n", median(vs))
+		if x.x.runs > 0 {
+			bpfNs = append(bpfNs, float64(x.x.bpf)/float64(x.x.runs))
+		}
 	}
+	if len(bpfNs) == 0 {
+		return errors.New("per hit: no program runs counted")
+	}
+	floor := cal.PushNs
+	m := median(bpfNs)
+	fmt.Printf("\nper hit (storm, every event, %d runs): the programs' own run time %.0f ns (min %.0f, max %.0f) on a calibrated floor of %.0f ns (empty program on PUSHQ BP): %.2fx the floor\n",
+		len(bpfNs), m, slices.Min(bpfNs), slices.Max(bpfNs), floor, (floor+m)/floor)
+	return nil
 }
 
 func median(v []float64) float64 {
@@ -283,14 +311,19 @@ func (g *gmp) stop(r *result) error {
 	return errors.Join(errs...)
 }
 
-// bpftraceRun starts bpftrace counting hits on fns of bin in pid, and
-// returns once its probes are attached.
-func bpftraceRun(bt, bin string, pid int, fns []string) (*exec.Cmd, error) {
+// bpftraceRun starts bpftrace on fns of bin in pid — counting hits, or
+// printing a line per hit (read and dropped here) — and returns once its
+// probes are attached.
+func bpftraceRun(bt, bin string, pid int, fns []string, print bool) (*exec.Cmd, error) {
 	var probes []string
 	for _, f := range fns {
 		probes = append(probes, "uprobe:"+bin+":"+f)
 	}
-	script := strings.Join(probes, ",\n") + " { @[probe] = count(); }"
+	action := "{ @[probe] = count(); }"
+	if print {
+		action = `{ printf("%s %d %d\n", probe, tid, nsecs); }`
+	}
+	script := strings.Join(probes, ",\n") + " " + action
 	cmd := exec.Command(bt, "-p", strconv.Itoa(pid), "-e", script)
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = io.Discard
@@ -329,116 +362,209 @@ func stormFunctions(bin string) []string {
 	return out
 }
 
-func runStorm(bin, cfg string, cal *ebpf.Calibration, bt string) (result, error) {
-	var r result
-	args := []string{"-wait", "-d", dur.String()}
-	tmp := ""
-	if cfg == "rtrace" {
-		tmp = filepath.Join(os.TempDir(), fmt.Sprintf("storm-%d.trace", os.Getpid()))
-		defer os.Remove(tmp)
-		args = append(args, "-trace", tmp)
-	}
+// target is one running copy of a target program.
+type target struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	sc  *bufio.Scanner
+}
+
+// start runs bin with args and waits for its first line, which must start
+// with ready.
+func start(bin, ready string, args ...string) (*target, string, error) {
 	cmd := exec.Command(bin, args...)
 	in, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		return r, err
+		return nil, "", err
 	}
-	defer cmd.Process.Kill()
-	sc := bufio.NewScanner(out)
-	if !sc.Scan() || sc.Text() != "ready" {
-		return r, errors.New("storm: no ready line")
+	t := &target{cmd: cmd, in: in, sc: bufio.NewScanner(out)}
+	if !t.sc.Scan() || !strings.HasPrefix(t.sc.Text(), ready) {
+		t.kill()
+		return nil, "", fmt.Errorf("%s: no %q line", filepath.Base(bin), ready)
 	}
-	var g *gmp
-	var bc *exec.Cmd
-	switch cfg {
-	case "default", "max":
-		var err error
-		if g, err = startGmp(cmd.Process.Pid, cfg, cal); err != nil {
-			return r, err
-		}
-	case "bpftrace":
-		var err error
-		if bc, err = bpftraceRun(bt, bin, cmd.Process.Pid, stormFunctions(bin)); err != nil {
-			return r, err
-		}
-	}
-	fmt.Fprintln(in, "go")
-	var line string
-	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), "ops ") {
-			line = sc.Text()
-		}
-	}
-	if err := cmd.Wait(); err != nil {
-		return r, err
-	}
-	r.cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-	if g != nil {
-		if err := g.stop(&r); err != nil {
-			return r, err
-		}
-	}
-	if bc != nil {
-		bc.Process.Signal(os.Interrupt)
-		bc.Wait()
-	}
-	i := strings.Index(line, "total=")
-	if i < 0 {
-		return r, fmt.Errorf("storm output %q", line)
-	}
-	n, err := strconv.ParseFloat(line[i+len("total="):], 64)
-	r.ops = n
-	return r, err
+	return t, t.sc.Text(), nil
 }
 
-func runHTTP(bin, cfg string, cal *ebpf.Calibration) (result, error) {
-	var r result
+func (t *target) kill() { t.cmd.Process.Kill(); t.cmd.Wait() }
+
+// finish reads the target's output to its end, waits for it and returns
+// the last line starting with prefix and its CPU time.
+func (t *target) finish(prefix string) (string, time.Duration, error) {
+	var line string
+	for t.sc.Scan() {
+		if strings.HasPrefix(t.sc.Text(), prefix) {
+			line = t.sc.Text()
+		}
+	}
+	if err := t.cmd.Wait(); err != nil {
+		return "", 0, err
+	}
+	return line, t.cmd.ProcessState.UserTime() + t.cmd.ProcessState.SystemTime(), nil
+}
+
+// tracing is what a configuration attached to a target.
+type tracing struct {
+	g  *gmp
+	bc *exec.Cmd
+}
+
+func attachConfig(cfg, bin string, pid int, cal *ebpf.Calibration, bt string) (*tracing, error) {
+	var tr tracing
+	var err error
+	switch cfg {
+	case "default", "max":
+		tr.g, err = startGmp(pid, cfg, cal)
+	case "bpftrace", "bpftrace-print":
+		tr.bc, err = bpftraceRun(bt, bin, pid, stormFunctions(bin), cfg == "bpftrace-print")
+	}
+	return &tr, err
+}
+
+func (tr *tracing) stop(r *result) error {
+	if tr.bc != nil {
+		tr.bc.Process.Signal(os.Interrupt)
+		tr.bc.Wait()
+	}
+	if tr.g != nil {
+		return tr.g.stop(r)
+	}
+	return nil
+}
+
+// selfCPU returns this process's CPU time (gmpwatch's, in the storm runs).
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// twinCopy returns a copy of bin for the untraced twin: a uprobe is set on
+// a file, and a tracer that filters processes in its handler (bpftrace -p)
+// rather than when placing the breakpoint would trap in the twin too.
+func twinCopy(bin string) (string, error) {
+	twin := bin + ".twin"
+	if fi, err := os.Stat(twin); err == nil && fi.Size() > 0 {
+		return twin, nil
+	}
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		return "", err
+	}
+	tmp := twin + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o755); err != nil {
+		return "", err
+	}
+	return twin, os.Rename(tmp, twin)
+}
+
+// runStorm runs the storm under cfg side by side with an untraced twin.
+func runStorm(bin, cfg string, cal *ebpf.Calibration, bt string) (pair, error) {
+	var p pair
+	args := []string{"-wait", "-d", dur.String()}
+	tbin, err := twinCopy(bin)
+	if err != nil {
+		return p, err
+	}
+	twin, _, err := start(tbin, "ready", args...)
+	if err != nil {
+		return p, err
+	}
+	defer twin.kill()
+	if cfg == "rtrace" {
+		tmp := filepath.Join(os.TempDir(), fmt.Sprintf("storm-%d.trace", os.Getpid()))
+		defer os.Remove(tmp)
+		args = append(args, "-trace", tmp)
+	}
+	x, _, err := start(bin, "ready", args...)
+	if err != nil {
+		return p, err
+	}
+	defer x.kill()
+	tr, err := attachConfig(cfg, bin, x.cmd.Process.Pid, cal, bt)
+	if err != nil {
+		return p, err
+	}
+	c0 := selfCPU()
+	fmt.Fprintln(x.in, "go")
+	fmt.Fprintln(twin.in, "go")
+	for _, t := range []struct {
+		t *target
+		r *result
+	}{{x, &p.x}, {twin, &p.twin}} {
+		line, cpu, err := t.t.finish("ops ")
+		if err != nil {
+			return p, err
+		}
+		t.r.cpu = cpu
+		i := strings.Index(line, "total=")
+		if i < 0 {
+			return p, fmt.Errorf("storm output %q", line)
+		}
+		if t.r.ops, err = strconv.ParseFloat(line[i+len("total="):], 64); err != nil {
+			return p, err
+		}
+	}
+	p.x.self = selfCPU() - c0
+	return p, tr.stop(&p.x)
+}
+
+// runHTTP runs the HTTP server under cfg side by side with an untraced
+// twin, each under its own load generator.
+func runHTTP(bin, cfg string, cal *ebpf.Calibration) (pair, error) {
+	var p pair
+	tbin, err := twinCopy(bin)
+	if err != nil {
+		return p, err
+	}
+	twin, tl, err := start(tbin, "listening 127.0.0.1:", "-d", "2m")
+	if err != nil {
+		return p, err
+	}
+	defer twin.kill()
 	args := []string{"-d", "2m"}
 	if cfg == "rtrace" {
 		tmp := filepath.Join(os.TempDir(), fmt.Sprintf("http-%d.trace", os.Getpid()))
 		defer os.Remove(tmp)
 		args = append(args, "-trace", tmp)
 	}
-	cmd := exec.Command(bin, args...)
-	in, _ := cmd.StdinPipe()
-	out, _ := cmd.StdoutPipe()
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return r, err
-	}
-	defer cmd.Process.Kill()
-	sc := bufio.NewScanner(out)
-	if !sc.Scan() || !strings.HasPrefix(sc.Text(), "listening 127.0.0.1:") {
-		return r, errors.New("httpserver: no listening line")
-	}
-	addr := strings.TrimPrefix(sc.Text(), "listening ")
-	var g *gmp
-	if cfg == "default" || cfg == "max" {
-		var err error
-		if g, err = startGmp(cmd.Process.Pid, cfg, cal); err != nil {
-			return r, err
-		}
-	}
-	reqs, err := load(addr, *dur)
+	x, xl, err := start(bin, "listening 127.0.0.1:", args...)
 	if err != nil {
-		return r, err
+		return p, err
 	}
-	in.Close()
-	for sc.Scan() {
+	defer x.kill()
+	tr, err := attachConfig(cfg, bin, x.cmd.Process.Pid, cal, "")
+	if err != nil {
+		return p, err
 	}
-	if err := cmd.Wait(); err != nil {
-		return r, err
+	var wg sync.WaitGroup
+	var errs [2]error
+	var reqs [2]int64
+	for i, l := range []string{xl, tl} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			reqs[i], errs[i] = load(strings.TrimPrefix(l, "listening "), *dur)
+		}()
 	}
-	r.cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-	r.ops = float64(reqs)
-	if g != nil {
-		if err := g.stop(&r); err != nil {
-			return r, err
+	wg.Wait()
+	if err := errors.Join(errs[:]...); err != nil {
+		return p, err
+	}
+	p.x.ops, p.twin.ops = float64(reqs[0]), float64(reqs[1])
+	for _, t := range []struct {
+		t *target
+		r *result
+	}{{x, &p.x}, {twin, &p.twin}} {
+		t.t.in.Close()
+		_, cpu, err := t.t.finish("")
+		if err != nil {
+			return p, err
 		}
+		t.r.cpu = cpu
 	}
-	return r, nil
+	return p, tr.stop(&p.x)
 }
 
 // load sends requests to addr (127.0.0.1 only) from *conns keep-alive
