@@ -53,7 +53,10 @@ import (
 	"time"
 
 	"github.com/gmpwatch/gmpwatch/analysis/budget"
+	"github.com/gmpwatch/gmpwatch/analysis/event"
+	"github.com/gmpwatch/gmpwatch/analysis/exectrace"
 	"github.com/gmpwatch/gmpwatch/analysis/plan"
+	"github.com/gmpwatch/gmpwatch/analysis/rtstate"
 	"github.com/gmpwatch/gmpwatch/analysis/sched"
 	"github.com/gmpwatch/gmpwatch/ebpf"
 	"github.com/gmpwatch/gmpwatch/internal/testtarget"
@@ -63,7 +66,7 @@ var (
 	reps     = flag.Int("reps", 3, "repetitions of each configuration")
 	dur      = flag.Duration("d", 10*time.Second, "length of one run")
 	conns    = flag.Int("conns", 8, "load generator connections")
-	only     = flag.String("only", "", "comma-separated workloads: storm,http,perhit,startup (default all)")
+	only     = flag.String("only", "", "comma-separated workloads: storm,http,perhit,accuracy,startup (default all)")
 	cfgList  = flag.String("configs", "untraced,default,max,rtrace,bpftrace,bpftrace-print", "configurations")
 	cpuProf  = flag.String("cpuprofile", "", "write this process's CPU profile (gmpwatch's own cost) to `file`")
 	progList = flag.String("programs", "schedule,execute,gopark,ready,goschedImpl,goexit0,newproc_runqput,newm,injectglist", "BPF programs attached")
@@ -162,6 +165,11 @@ func run() error {
 	}
 	if want("storm") && want("perhit") {
 		if err := perHit(cal); err != nil {
+			return err
+		}
+	}
+	if want("accuracy") {
+		if err := accuracy(cal); err != nil {
 			return err
 		}
 	}
@@ -265,6 +273,10 @@ type gmp struct {
 	cancel context.CancelFunc
 	done   chan error
 	n      int
+	mu     sync.Mutex // the model is fed by the reader and told of windows
+	model  *sched.Model
+	rt     *rtstate.Reader
+	plan   *plan.Plan
 }
 
 func startGmp(pid int, cfg string, cal *ebpf.Calibration) (*gmp, error) {
@@ -280,16 +292,32 @@ func startGmp(pid int, cfg string, cal *ebpf.Calibration) (*gmp, error) {
 	if cfg == "max" {
 		spec = budget.Spec{Max: true, Share: 1, FloorCores: budget.DefaultFloorCores}
 	}
-	win, err := ebpf.NewWindowed(tr, p, ebpf.WindowOptions{Budget: spec, Calibration: cal})
+	g := &gmp{tr: tr, done: make(chan error, 2), n: 2, plan: p,
+		model: sched.New(sched.Config{WaitReasons: p.WaitReasons})}
+	g.win, err = ebpf.NewWindowed(tr, p, ebpf.WindowOptions{Budget: spec, Calibration: cal,
+		OnWindow: func(open bool, mono time.Duration) {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			if open {
+				g.model.WindowOpened(uint64(mono))
+			} else {
+				g.model.WindowClosed(uint64(mono))
+			}
+		}})
 	if err != nil {
 		tr.Close()
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	g := &gmp{tr: tr, win: win, cancel: cancel, done: make(chan error, 2), n: 2}
-	model := sched.New(sched.Config{WaitReasons: p.WaitReasons})
-	go func() { g.done <- tr.Run(ctx, model.Handle) }()
-	go func() { g.done <- win.Run(ctx) }()
+	g.cancel = cancel
+	go func() {
+		g.done <- tr.Run(ctx, func(ev *event.Event) {
+			g.mu.Lock()
+			g.model.Handle(ev)
+			g.mu.Unlock()
+		})
+	}()
+	go func() { g.done <- g.win.Run(ctx) }()
 	return g, nil
 }
 
@@ -668,3 +696,123 @@ func startup(cal *ebpf.Calibration) error {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// accuracy compares, on the storm, the scheduling latency gmpwatch reports
+// under the default budget with the runtime's own and with an execution
+// trace's: per repetition, one run under gmpwatch that also prints its own
+// /sched/latencies over the run, and a separate run under runtime/trace.
+func accuracy(cal *ebpf.Calibration) error {
+	bin, err := testtarget.BuildErr("storm", testtarget.Go126, testtarget.Plain)
+	if err != nil {
+		return err
+	}
+	type row struct {
+		name     string
+		p50, p99 []float64
+		n        []float64
+	}
+	rows := []*row{{name: "runtime histogram, read by gmpwatch (exact figure)"}, {name: "target's own /sched/latencies:seconds"},
+		{name: "gmpwatch windows (probes on: their cost included)"}, {name: "runtime/trace of a separate run (x/exp/trace)"}}
+	add := func(r *row, p50, p99, n float64) {
+		r.p50, r.p99, r.n = append(r.p50, p50), append(r.p99, p99), append(r.n, n)
+	}
+	var sameBucket50, sameBucket99, runs int
+	for rep := 0; rep < *reps; rep++ {
+		// Under gmpwatch, default budget.
+		x, _, err := start(bin, "ready", "-wait", "-d", dur.String(), "-metrics", "-hold", "1s")
+		if err != nil {
+			return err
+		}
+		g, err := startGmp(x.cmd.Process.Pid, "default", cal)
+		if err != nil {
+			x.kill()
+			return err
+		}
+		rt, err := rtstate.Open(g.plan)
+		if err != nil {
+			x.kill()
+			return err
+		}
+		s0, err := rt.Sched()
+		if err != nil {
+			x.kill()
+			return err
+		}
+		fmt.Fprintln(x.in, "go")
+		own := rtstate.Histogram{Bounds: rtstate.Bounds(rt.HistFormat()), Counts: make([]uint64, len(rtstate.Bounds(rt.HistFormat()))-1)}
+		var s1 *rtstate.Sched
+		for x.sc.Scan() {
+			line := x.sc.Text()
+			var lo, hi float64
+			var c uint64
+			if n, _ := fmt.Sscanf(line, "latency-bucket %g %g %d", &lo, &hi, &c); n == 3 {
+				own.Counts[own.BucketOf(lo*1e9)] += c
+			}
+			if strings.HasPrefix(line, "ops ") {
+				s1, err = rt.Sched() // the target holds on for a second
+				break
+			}
+		}
+		rt.Close()
+		if err != nil {
+			x.kill()
+			return err
+		}
+		var r result
+		if err := g.stop(&r); err != nil {
+			x.kill()
+			return err
+		}
+		x.kill()
+		g.mu.Lock()
+		win := g.model.Total(uint64(rtstate.MonoNow())).SchedLatency
+		g.mu.Unlock()
+		mem, _ := s1.TimeToRun.Sub(s0.TimeToRun)
+		add(rows[0], mem.Quantile(0.5), mem.Quantile(0.99), float64(mem.Total()))
+		add(rows[1], own.Quantile(0.5), own.Quantile(0.99), float64(own.Total()))
+		add(rows[2], float64(win.P50Ns), float64(win.P99Ns), float64(win.Count))
+		runs++
+		if mem.BucketOf(mem.Quantile(0.5)) == own.BucketOf(own.Quantile(0.5)) {
+			sameBucket50++
+		}
+		if mem.BucketOf(mem.Quantile(0.99)) == own.BucketOf(own.Quantile(0.99)) {
+			sameBucket99++
+		}
+
+		// A separate run under the execution tracer.
+		tmp := filepath.Join(os.TempDir(), fmt.Sprintf("storm-acc-%d.trace", os.Getpid()))
+		c := exec.Command(bin, "-d", dur.String(), "-trace", tmp)
+		c.Stdout = io.Discard
+		if err := c.Run(); err != nil {
+			return err
+		}
+		f, err := os.Open(tmp)
+		if err != nil {
+			return err
+		}
+		lat, err := exectrace.SchedLatencies(f)
+		f.Close()
+		os.Remove(tmp)
+		if err != nil {
+			return err
+		}
+		add(rows[3], float64(lat.Quantile(0.5)), float64(lat.Quantile(0.99)), float64(len(lat.Samples)))
+		fmt.Fprintf(os.Stderr, "accuracy rep %d: memory p50 %s p99 %s; own p50 %s p99 %s; windows p50 %s p99 %s; trace p50 %s p99 %s\n", rep+1,
+			ns(mem.Quantile(0.5)), ns(mem.Quantile(0.99)), ns(own.Quantile(0.5)), ns(own.Quantile(0.99)),
+			ns(float64(win.P50Ns)), ns(float64(win.P99Ns)), ns(float64(lat.Quantile(0.5))), ns(float64(lat.Quantile(0.99))))
+	}
+	fmt.Printf("\naccuracy (storm, default budget, %d reps of %v): scheduling latency, median over the reps (min–max)\n", *reps, *dur)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "source\tp50\tp99\tsamples\t")
+	spread := func(v []float64) string {
+		return fmt.Sprintf("%s (%s–%s)", ns(median(v)), ns(slices.Min(v)), ns(slices.Max(v)))
+	}
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t\n", r.name, spread(r.p50), spread(r.p99), median(r.n))
+	}
+	tw.Flush()
+	fmt.Printf("gmpwatch's exact figure in the same runtime bucket as the target's own view: p50 %d/%d runs, p99 %d/%d\n", sameBucket50, runs, sameBucket99, runs)
+	return nil
+}
+
+func ns(v float64) string { return sched.FormatNs(uint64(v)) }

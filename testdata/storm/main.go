@@ -8,7 +8,10 @@
 // tracer attaches in between). With -trace FILE the runtime's execution
 // tracer (runtime/trace) records the whole run into FILE. With -hold D it
 // waits D after printing the counts, so that a reader of its memory sees
-// the final counters.
+// the final counters. With -metrics it prints, before the counts, the
+// runtime's own scheduling-latency histogram (/sched/latencies:seconds) over
+// the run: "latency-bucket LO HI N" per non-empty bucket (seconds), then
+// "latency-count N".
 package main
 
 import (
@@ -17,7 +20,9 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"runtime/trace"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +37,7 @@ var (
 	trc    = flag.String("trace", "", "write a runtime/trace of the run to this file")
 	procs  = flag.Int("procs", 2, "GOMAXPROCS")
 	hold   = flag.Duration("hold", 0, "after printing the counts, wait this long before exiting")
+	mets   = flag.Bool("metrics", false, "print the runtime's own scheduling-latency histogram over the run")
 )
 
 var sink atomic.Pointer[[]byte]
@@ -55,6 +61,10 @@ func main() {
 			os.Exit(1)
 		}
 		defer trace.Stop()
+	}
+	var before metrics.Float64Histogram
+	if *mets {
+		before = schedLatencies()
 	}
 	var stop atomic.Bool
 	var pp, sp, al atomic.Int64
@@ -118,6 +128,25 @@ func main() {
 	time.Sleep(*dur)
 	stop.Store(true)
 	wg.Wait()
+	if *mets {
+		after := schedLatencies()
+		var total uint64
+		for i, c := range after.Counts {
+			if d := c - before.Counts[i]; d > 0 {
+				total += d
+				fmt.Printf("latency-bucket %g %g %d\n", after.Buckets[i], after.Buckets[i+1], d)
+			}
+		}
+		fmt.Printf("latency-count %d\n", total)
+	}
 	fmt.Printf("ops pingpong=%d spawn=%d alloc=%d total=%d\n", pp.Load(), sp.Load(), al.Load(), pp.Load()+sp.Load()+al.Load())
 	time.Sleep(*hold)
+}
+
+// schedLatencies reads the runtime's /sched/latencies:seconds.
+func schedLatencies() metrics.Float64Histogram {
+	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	metrics.Read(s)
+	h := s[0].Value.Float64Histogram()
+	return metrics.Float64Histogram{Counts: slices.Clone(h.Counts), Buckets: slices.Clone(h.Buckets)}
 }
