@@ -143,6 +143,16 @@ type Options struct {
 	NoStacks bool
 	// Links is how probes are attached; "" means DefaultLinkKind().
 	Links LinkKind
+	// NoStream is aggregate-only mode: the programs keep the in-kernel
+	// aggregates (Tracer.Aggregates) and the counters (Stats) but write no
+	// event (Run delivers none) and take no stack. Programs that feed no
+	// aggregate still cost a trap per hit: see AggregatePrograms.
+	NoStream bool
+	// NoAggregate turns the in-kernel aggregates off (Tracer.Aggregates
+	// then fails): a streaming tracer that needs none saves their map
+	// updates, 0.1 to 0.45 µs of BPF time per hit on the test machine
+	// against 6 to 10 µs for the whole hit (BenchmarkProbeCostAggregate).
+	NoAggregate bool
 }
 
 // DefaultStackEntries is the default size of the stack map: 32768 stacks of
@@ -198,6 +208,7 @@ type Tracer struct {
 
 	mu    sync.Mutex
 	final *Stats // counters read just before the maps were closed
+	agg   aggState
 
 	// User stacks read so far (ids are never reused: see Stack).
 	stackMu     sync.Mutex
@@ -313,6 +324,9 @@ func Attach(p *plan.Plan, opts Options) (*Tracer, error) {
 	if err := setVar(spec, "capture_stacks", boolByte(!opts.NoStacks)); err != nil {
 		return nil, err
 	}
+	if err := opts.setAggregateVars(spec); err != nil {
+		return nil, err
+	}
 	for name := range spec.Programs {
 		if !seen[name] {
 			delete(spec.Programs, name)
@@ -328,7 +342,7 @@ func Attach(p *plan.Plan, opts Options) (*Tracer, error) {
 		return nil, fmt.Errorf("load bpf programs: %w", classify(err))
 	}
 	t := &Tracer{pid: pid, coll: coll, kind: kind, closing: make(chan struct{}), runDone: make(chan struct{}),
-		stacks: map[int32][]uint64{}, pushAt: map[uint64]bool{}}
+		stacks: map[int32][]uint64{}, pushAt: map[uint64]bool{}, agg: aggState{on: !opts.NoAggregate}}
 
 	ex, err := link.OpenExecutable(p.Path)
 	if err != nil {
@@ -663,6 +677,7 @@ func (t *Tracer) Close() error {
 		s := t.readStats()
 		s.Probes = n
 		t.final = &s
+		t.agg.finish(t)
 		t.mu.Unlock()
 		t.readAllStacks(true)
 		errs = append(errs, t.rd.Close())

@@ -61,6 +61,13 @@ const volatile __u8 dedup_by_map = 0;
 const volatile __u32 inject_max = 65536;
 /* Wake the reader once this many bytes wait in the ring (0: always). */
 const volatile __u64 wakeup_bytes = 1 << 20;
+/* Write events to the ring buffer. 0: aggregate-only, the programs update
+ * the counters and the aggregates below and write nothing (nor take stacks). */
+const volatile __u8 stream_events = 1;
+/* Keep the in-kernel aggregates (runnable_since, sched_lat, parked_since,
+ * wait_stats, site_counts). 0: none of their map operations run (the
+ * verifier drops the code). */
+const volatile __u8 aggregate = 1;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -125,6 +132,60 @@ struct {
 	__type(value, struct creation);
 } creations SEC(".maps");
 
+/* In-kernel aggregates: figures that need no per-event record.
+ *
+ * A goroutine's runnable stamp is set where the events mark it runnable
+ * (GoCreate, GoUnpark from ready and injectglist, GoSched) with the event's
+ * time, and consumed by its next start (GoStart, execute): the difference is
+ * its scheduling latency, counted in sched_lat. A park stamp is set at gopark
+ * and consumed by the unpark (ready, injectglist) or, when no unpark was seen
+ * (netpoll handing a G straight to its M, a park whose unlock function
+ * failed), by the start: the wait is added to its reason. Starts and unparks
+ * without a stamp (the G was runnable or parked before the attach, its stamp
+ * was evicted, or a path without probe made it runnable) are counted. */
+
+/* goid -> time it became runnable (bpf_ktime_get_ns, the events' clock). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 17);
+	__type(key, __u64);
+	__type(value, __u64);
+} runnable_since SEC(".maps");
+
+/* Scheduling latency, in the runtime's timeHistogram layout (one entry). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct time_hist);
+} sched_lat SEC(".maps");
+
+/* goid -> when and why it parked. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 17);
+	__type(key, __u64);
+	__type(value, struct park_stamp);
+} parked_since SEC(".maps");
+
+/* Parks and ended waits by wait reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, GMP_WAIT_REASONS);
+	__type(key, __u32);
+	__type(value, struct wait_agg);
+} wait_stats SEC(".maps");
+
+/* Creation PC (g.gopc) -> goroutines created there and exited. Not LRU: a
+ * site is never evicted (its counts would silently restart); when full, new
+ * sites are counted in CNT_SITES_FULL instead. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct site_agg);
+} site_counts SEC(".maps");
+
 /* Keeps struct gmp_event in the BTF for bpf2go -type (checked in tests). */
 struct gmp_event *unused_gmp_event __attribute__((unused));
 
@@ -182,7 +243,7 @@ static __always_inline __u32 in_target(void)
 static __always_inline __s32 user_stack(struct pt_regs *ctx)
 {
 	long id;
-	if (!capture_stacks)
+	if (!capture_stacks || !stream_events)
 		return GMP_NO_STACK;
 	id = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
 	if (id < 0) {
@@ -248,9 +309,9 @@ static __always_inline __u64 user_g(struct here *h)
 	return h->curg;
 }
 
-static __always_inline void fill(struct gmp_event *e, struct here *h, __u16 kind)
+static __always_inline void fill_at(struct gmp_event *e, struct here *h, __u16 kind, __u64 ts)
 {
-	e->ts = bpf_ktime_get_ns();
+	e->ts = ts;
 	e->goid = 0;
 	e->aux = 0;
 	e->pc = 0;
@@ -262,6 +323,178 @@ static __always_inline void fill(struct gmp_event *e, struct here *h, __u16 kind
 	e->flags = (h->g && h->g == h->g0) ? GMP_FLAG_FROM_G0 : 0;
 	e->mid = h->mid;
 	e->pid = h->p ? (__s32)rd32(h->p, off_p_id) : -1;
+}
+
+static __always_inline void fill(struct gmp_event *e, struct here *h, __u16 kind)
+{
+	fill_at(e, h, kind, bpf_ktime_get_ns());
+}
+
+/* len64 is the minimum number of bits to represent x (Go's bits.Len64). */
+static __always_inline __u32 len64(__u64 x)
+{
+	__u32 n = 0;
+	if (x >> 32) {
+		x >>= 32;
+		n += 32;
+	}
+	if (x >> 16) {
+		x >>= 16;
+		n += 16;
+	}
+	if (x >> 8) {
+		x >>= 8;
+		n += 8;
+	}
+	if (x >> 4) {
+		x >>= 4;
+		n += 4;
+	}
+	if (x >> 2) {
+		x >>= 2;
+		n += 2;
+	}
+	if (x >> 1) {
+		x >>= 1;
+		n += 1;
+	}
+	return n + (__u32)x;
+}
+
+/* hist_record is the runtime's timeHistogram.record (go1.20+) on this CPU's
+ * sched_lat. Atomic adds: a program preempted by another on the same CPU
+ * loses no count. */
+static __always_inline void hist_record(__s64 d)
+{
+	__u32 zero = 0, bit, bucket, idx;
+	struct time_hist *h = bpf_map_lookup_elem(&sched_lat, &zero);
+	if (!h)
+		return;
+	if (d < 0) {
+		__sync_fetch_and_add(&h->underflow, 1);
+		return;
+	}
+	bit = len64((__u64)d);
+	if (bit < TIME_HIST_MIN_BUCKET_BITS) {
+		bit = TIME_HIST_MIN_BUCKET_BITS;
+		bucket = 0;
+	} else {
+		bucket = bit - TIME_HIST_MIN_BUCKET_BITS + 1;
+	}
+	if (bucket >= TIME_HIST_NUM_BUCKETS) {
+		__sync_fetch_and_add(&h->overflow, 1);
+		return;
+	}
+	idx = bucket * TIME_HIST_NUM_SUB_BUCKETS +
+	      (__u32)(((__u64)d >> (bit - 1 - TIME_HIST_SUB_BUCKET_BITS)) & (TIME_HIST_NUM_SUB_BUCKETS - 1));
+	/* Spelled out for the verifier. */
+	asm volatile("" : "+r"(idx));
+	if (idx >= TIME_HIST_COUNTS)
+		return;
+	__sync_fetch_and_add(&h->counts[idx], 1);
+}
+
+/* agg_runnable stamps goid runnable at now. The latest transition wins: a G
+ * is made runnable again only after a start (which consumes the stamp). */
+static __always_inline void agg_runnable(__u64 goid, __u64 now)
+{
+	if (!aggregate || !goid)
+		return;
+	bpf_map_update_elem(&runnable_since, &goid, &now, BPF_ANY);
+}
+
+/* agg_wait_end ends goid's wait at now, if its park was seen. Only the
+ * program whose delete succeeds counts it. */
+static __always_inline void agg_wait_end(__u64 goid, __u64 now, int at_unpark)
+{
+	struct park_stamp *ps;
+	struct wait_agg *w;
+	__u64 since;
+	__u32 reason;
+	if (!aggregate || !goid)
+		return;
+	ps = bpf_map_lookup_elem(&parked_since, &goid);
+	if (!ps) {
+		if (at_unpark)
+			count(CNT_UNPARK_UNSTAMPED);
+		return;
+	}
+	since = ps->ts;
+	reason = ps->reason;
+	if (bpf_map_delete_elem(&parked_since, &goid) != 0)
+		return;
+	w = bpf_map_lookup_elem(&wait_stats, &reason);
+	if (!w)
+		return;
+	__sync_fetch_and_add(&w->waits, 1);
+	if (now > since)
+		__sync_fetch_and_add(&w->wait_ns, now - since);
+}
+
+/* agg_unpark: a waiting G becomes runnable (ready, injectglist). */
+static __always_inline void agg_unpark(__u64 goid, __u64 now)
+{
+	agg_wait_end(goid, now, 1);
+	agg_runnable(goid, now);
+}
+
+/* agg_start: goid starts running (execute). */
+static __always_inline void agg_start(__u64 goid, __u64 now)
+{
+	__u64 *since, t;
+	if (!aggregate || !goid)
+		return;
+	since = bpf_map_lookup_elem(&runnable_since, &goid);
+	if (since) {
+		t = *since;
+		if (bpf_map_delete_elem(&runnable_since, &goid) == 0)
+			hist_record((__s64)(now - t));
+	} else {
+		count(CNT_START_UNSTAMPED);
+		/* Made runnable without an unpark probe: a wait ends here. */
+		agg_wait_end(goid, now, 0);
+	}
+}
+
+/* agg_park: goid parks at now for reason. */
+static __always_inline void agg_park(__u64 goid, __u8 reason, __u64 now)
+{
+	struct park_stamp ps = {.ts = now, .reason = reason};
+	struct wait_agg *w;
+	__u32 key = reason;
+	if (!aggregate || !goid)
+		return;
+	bpf_map_update_elem(&parked_since, &goid, &ps, BPF_ANY);
+	w = bpf_map_lookup_elem(&wait_stats, &key);
+	if (w)
+		__sync_fetch_and_add(&w->parks, 1);
+}
+
+/* agg_site adds one creation (exit 0) or exit (exit 1) to site pc. */
+static __always_inline void agg_site(__u64 pc, int exit)
+{
+	struct site_agg *v, n = {};
+	if (!aggregate)
+		return;
+	v = bpf_map_lookup_elem(&site_counts, &pc);
+	if (!v) {
+		/* A new element's other CPUs' values are zeroed. */
+		if (exit)
+			n.exited = 1;
+		else
+			n.created = 1;
+		if (bpf_map_update_elem(&site_counts, &pc, &n, BPF_NOEXIST) == 0)
+			return;
+		v = bpf_map_lookup_elem(&site_counts, &pc); /* lost a race, or full */
+		if (!v) {
+			count(CNT_SITES_FULL);
+			return;
+		}
+	}
+	if (exit)
+		__sync_fetch_and_add(&v->exited, 1);
+	else
+		__sync_fetch_and_add(&v->created, 1);
 }
 
 static __always_inline struct gmp_event *reserve(void)
@@ -327,9 +560,11 @@ int schedule(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_SCHEDULE);
-	locate(ctx, &h, tid);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_SCHEDULE, tid, h.g, 0, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_SCHEDULE, tid, GO_G(ctx), 0, 0))
 		return 0;
+	if (!stream_events)
+		return 0;
+	locate(ctx, &h, tid);
 	e = reserve();
 	if (!e)
 		return 0;
@@ -345,21 +580,27 @@ int execute(struct pt_regs *ctx)
 {
 	struct here h;
 	struct gmp_event *e;
-	__u64 gp = GO_ARG1(ctx);
+	__u64 gp = GO_ARG1(ctx), goid, now;
 	__u32 tid = in_target();
 	if (!tid)
 		return 0;
 	hit(PROG_EXECUTE);
 	if (dedup_by_map)
 		bpf_map_delete_elem(&last_calls, &tid);
-	locate(ctx, &h, tid);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_EXECUTE, tid, h.g, gp, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_EXECUTE, tid, GO_G(ctx), gp, 0))
+		return 0;
+	goid = rd64(gp, off_g_goid);
+	if (stream_events)
+		locate(ctx, &h, tid);
+	now = bpf_ktime_get_ns();
+	agg_start(goid, now);
+	if (!stream_events)
 		return 0;
 	e = reserve();
 	if (!e)
 		return 0;
-	fill(e, &h, GMP_GO_START);
-	e->goid = rd64(gp, off_g_goid);
+	fill_at(e, &h, GMP_GO_START, now);
+	e->goid = goid;
 	submit(e);
 	return 0;
 }
@@ -370,22 +611,31 @@ int gopark(struct pt_regs *ctx)
 {
 	struct here h;
 	struct gmp_event *e;
-	__s32 stack;
+	__s32 stack = GMP_NO_STACK;
 	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u64 goid, now;
+	__u8 reason = (__u8)GO_ARG3(ctx);
 	__u32 tid = in_target();
 	if (!tid)
 		return 0;
 	hit(PROG_GOPARK);
-	locate(ctx, &h, tid);
-	if (refire(ctx, cookie, PROG_GOPARK, tid, h.g, GO_ARG2(ctx), GO_ARG3(ctx)))
+	if (refire(ctx, cookie, PROG_GOPARK, tid, GO_G(ctx), GO_ARG2(ctx), GO_ARG3(ctx)))
 		return 0;
-	stack = user_stack(ctx);
+	goid = rd64(GO_G(ctx), off_g_goid);
+	if (stream_events) {
+		locate(ctx, &h, tid);
+		stack = user_stack(ctx);
+	}
+	now = bpf_ktime_get_ns();
+	agg_park(goid, reason, now);
+	if (!stream_events)
+		return 0;
 	e = reserve();
 	if (!e)
 		return 0;
-	fill(e, &h, GMP_GO_PARK);
-	e->goid = rd64(h.g, off_g_goid);
-	e->reason = (__u8)GO_ARG3(ctx);
+	fill_at(e, &h, GMP_GO_PARK, now);
+	e->goid = goid;
+	e->reason = reason;
 	e->pc = caller_pc(ctx, cookie);
 	e->stack_id = stack;
 	submit(e);
@@ -398,19 +648,25 @@ int ready(struct pt_regs *ctx)
 {
 	struct here h;
 	struct gmp_event *e;
-	__u64 gp = GO_ARG1(ctx);
+	__u64 gp = GO_ARG1(ctx), goid, now;
 	__u32 tid = in_target();
 	if (!tid)
 		return 0;
 	hit(PROG_READY);
-	locate(ctx, &h, tid);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_READY, tid, h.g, gp, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_READY, tid, GO_G(ctx), gp, 0))
+		return 0;
+	goid = rd64(gp, off_g_goid);
+	if (stream_events)
+		locate(ctx, &h, tid);
+	now = bpf_ktime_get_ns();
+	agg_unpark(goid, now);
+	if (!stream_events)
 		return 0;
 	e = reserve();
 	if (!e)
 		return 0;
-	fill(e, &h, GMP_GO_UNPARK);
-	e->goid = rd64(gp, off_g_goid);
+	fill_at(e, &h, GMP_GO_UNPARK, now);
+	e->goid = goid;
 	e->aux = rd64(user_g(&h), off_g_goid);
 	submit(e);
 	return 0;
@@ -422,19 +678,25 @@ int goschedImpl(struct pt_regs *ctx)
 {
 	struct here h;
 	struct gmp_event *e;
-	__u64 gp = GO_ARG1(ctx);
+	__u64 gp = GO_ARG1(ctx), goid, now;
 	__u32 tid = in_target();
 	if (!tid)
 		return 0;
 	hit(PROG_GOSCHED_IMPL);
-	locate(ctx, &h, tid);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_GOSCHED_IMPL, tid, h.g, gp, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_GOSCHED_IMPL, tid, GO_G(ctx), gp, 0))
+		return 0;
+	goid = rd64(gp, off_g_goid);
+	if (stream_events)
+		locate(ctx, &h, tid);
+	now = bpf_ktime_get_ns();
+	agg_runnable(goid, now);
+	if (!stream_events)
 		return 0;
 	e = reserve();
 	if (!e)
 		return 0;
-	fill(e, &h, GMP_GO_SCHED);
-	e->goid = rd64(gp, off_g_goid);
+	fill_at(e, &h, GMP_GO_SCHED, now);
+	e->goid = goid;
 	if (gosched_has_preempted)
 		e->reason = (__u8)GO_ARG2(ctx) & 1;
 	submit(e);
@@ -447,20 +709,24 @@ int goexit0(struct pt_regs *ctx)
 {
 	struct here h;
 	struct gmp_event *e;
-	__u64 gp = GO_ARG1(ctx);
+	__u64 gp = GO_ARG1(ctx), gopc;
 	__u32 tid = in_target();
 	if (!tid)
 		return 0;
 	hit(PROG_GOEXIT0);
-	locate(ctx, &h, tid);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_GOEXIT0, tid, h.g, gp, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_GOEXIT0, tid, GO_G(ctx), gp, 0))
 		return 0;
+	gopc = rd64(gp, off_g_gopc);
+	agg_site(gopc, 1);
+	if (!stream_events)
+		return 0;
+	locate(ctx, &h, tid);
 	e = reserve();
 	if (!e)
 		return 0;
 	fill(e, &h, GMP_GO_EXIT);
 	e->goid = rd64(gp, off_g_goid);
-	e->pc = rd64(gp, off_g_gopc);
+	e->pc = gopc;
 	e->pc2 = rd64(gp, off_g_startpc);
 	submit(e);
 	return 0;
@@ -471,24 +737,35 @@ static __always_inline int go_create(struct pt_regs *ctx, __u32 prog, __u64 newg
 	struct here h;
 	struct gmp_event *e;
 	struct creation *c;
-	__u64 parent;
+	__u64 parent, goid, gopc, now;
+	int parked;
 	__u32 tid = in_target();
 	if (!tid)
 		return 0;
 	hit(prog);
-	locate(ctx, &h, tid);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), prog, tid, h.g, newg, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), prog, tid, GO_G(ctx), newg, 0))
+		return 0;
+	goid = rd64(newg, off_g_goid);
+	gopc = rd64(newg, off_g_gopc);
+	parked = check_parked && (rd32(newg, off_g_status) & ~0x1000u) == 4;
+	if (stream_events)
+		locate(ctx, &h, tid);
+	now = bpf_ktime_get_ns();
+	agg_site(gopc, 0);
+	if (!parked)
+		agg_runnable(goid, now);
+	if (!stream_events)
 		return 0;
 	e = reserve();
 	if (!e)
 		return 0;
-	fill(e, &h, GMP_GO_CREATE);
+	fill_at(e, &h, GMP_GO_CREATE, now);
 	parent = user_g(&h);
-	e->goid = rd64(newg, off_g_goid);
+	e->goid = goid;
 	e->aux = rd64(parent, off_g_goid);
-	e->pc = rd64(newg, off_g_gopc);
+	e->pc = gopc;
 	e->pc2 = rd64(newg, off_g_startpc);
-	if (check_parked && (rd32(newg, off_g_status) & ~0x1000u) == 4)
+	if (parked)
 		e->flags |= GMP_FLAG_PARKED;
 	/* The stack newproc stashed, if this creation is that go statement's. */
 	c = bpf_map_lookup_elem(&creations, &tid);
@@ -526,9 +803,11 @@ int newm(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_NEWM);
-	locate(ctx, &h, tid);
-	if (refire(ctx, cookie, PROG_NEWM, tid, h.g, GO_ARG1(ctx), GO_ARG3(ctx)))
+	if (refire(ctx, cookie, PROG_NEWM, tid, GO_G(ctx), GO_ARG1(ctx), GO_ARG3(ctx)))
 		return 0;
+	if (!stream_events)
+		return 0;
+	locate(ctx, &h, tid);
 	stack = user_stack(ctx);
 	e = reserve();
 	if (!e)
@@ -551,15 +830,21 @@ static long inject_one(__u64 i, void *data)
 {
 	struct inject_ctx *c = data;
 	struct gmp_event *e;
+	__u64 goid, now;
 
 	if (!c->gp)
 		return 1;
-	e = reserve();
-	if (e) {
-		*e = c->tmpl;
-		e->ts = bpf_ktime_get_ns();
-		e->goid = rd64(c->gp, off_g_goid);
-		submit(e);
+	goid = rd64(c->gp, off_g_goid);
+	now = bpf_ktime_get_ns();
+	agg_unpark(goid, now);
+	if (stream_events) {
+		e = reserve();
+		if (e) {
+			*e = c->tmpl;
+			e->ts = now;
+			e->goid = goid;
+			submit(e);
+		}
 	}
 	c->gp = rd64(c->gp, off_g_schedlink);
 	return 0;
@@ -576,14 +861,18 @@ int injectglist(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_INJECTGLIST);
-	locate(ctx, &h, tid);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_INJECTGLIST, tid, h.g, GO_ARG1(ctx), 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_INJECTGLIST, tid, GO_G(ctx), GO_ARG1(ctx), 0))
+		return 0;
+	if (!stream_events && !aggregate)
 		return 0;
 	c.gp = rd64(GO_ARG1(ctx), off_glist_head);
 	if (!c.gp)
 		return 0;
-	fill(&c.tmpl, &h, GMP_GO_UNPARK);
-	c.tmpl.aux = rd64(user_g(&h), off_g_goid);
+	if (stream_events) {
+		locate(ctx, &h, tid);
+		fill(&c.tmpl, &h, GMP_GO_UNPARK);
+		c.tmpl.aux = rd64(user_g(&h), off_g_goid);
+	}
 	bpf_loop(inject_max, inject_one, &c, 0);
 	if (c.gp)
 		count(CNT_TRUNCATED);
@@ -601,9 +890,11 @@ int casgstatus(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_CASGSTATUS);
-	locate(ctx, &h, tid);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_CASGSTATUS, tid, h.g, gp, GO_ARG3(ctx)))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_CASGSTATUS, tid, GO_G(ctx), gp, GO_ARG3(ctx)))
 		return 0;
+	if (!stream_events)
+		return 0;
+	locate(ctx, &h, tid);
 	e = reserve();
 	if (!e)
 		return 0;
@@ -628,6 +919,8 @@ int newproc(struct pt_regs *ctx)
 	hit(PROG_NEWPROC);
 	if (refire(ctx, cookie, PROG_NEWPROC, tid, GO_G(ctx), GO_ARG1(ctx), 0))
 		return 0;
+	if (!stream_events)
+		return 0; /* the stack is for the GoCreate event only */
 	c.g = GO_G(ctx);
 	c.pc = caller_pc(ctx, cookie);
 	c.stack_id = user_stack(ctx);
@@ -647,9 +940,11 @@ int entersyscall(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_ENTERSYSCALL);
-	locate(ctx, &h, tid);
-	if (refire(ctx, cookie, PROG_ENTERSYSCALL, tid, h.g, GO_SP(ctx), 0))
+	if (refire(ctx, cookie, PROG_ENTERSYSCALL, tid, GO_G(ctx), GO_SP(ctx), 0))
 		return 0;
+	if (!stream_events)
+		return 0;
+	locate(ctx, &h, tid);
 	stack = user_stack(ctx);
 	e = reserve();
 	if (!e)
@@ -676,9 +971,11 @@ int exitsyscall(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_EXITSYSCALL);
-	locate(ctx, &h, tid);
-	if (refire(ctx, cookie, PROG_EXITSYSCALL, tid, h.g, GO_SP(ctx), 0))
+	if (refire(ctx, cookie, PROG_EXITSYSCALL, tid, GO_G(ctx), GO_SP(ctx), 0))
 		return 0;
+	if (!stream_events)
+		return 0;
+	locate(ctx, &h, tid);
 	p = h.p;
 	if (!p && psyscall_status != ~0u) {
 		__u64 oldp = rd64(h.m, off_m_oldp);
@@ -719,9 +1016,11 @@ int mProf_Malloc(struct pt_regs *ctx)
 	hit(PROG_MPROF_MALLOC);
 	asm volatile("" : "+r"(bx), "+r"(cx));
 	size = mprof_size_arg == 2 ? bx : cx;
-	locate(ctx, &h, tid);
-	if (refire(ctx, cookie, PROG_MPROF_MALLOC, tid, h.g, size, GO_ARG1(ctx)))
+	if (refire(ctx, cookie, PROG_MPROF_MALLOC, tid, GO_G(ctx), size, GO_ARG1(ctx)))
 		return 0;
+	if (!stream_events)
+		return 0;
+	locate(ctx, &h, tid);
 	stack = user_stack(ctx);
 	e = reserve();
 	if (!e)
@@ -745,9 +1044,11 @@ int mheap_grow(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_MHEAP_GROW);
-	locate(ctx, &h, tid);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_MHEAP_GROW, tid, h.g, GO_ARG2(ctx), 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_MHEAP_GROW, tid, GO_G(ctx), GO_ARG2(ctx), 0))
 		return 0;
+	if (!stream_events)
+		return 0;
+	locate(ctx, &h, tid);
 	e = reserve();
 	if (!e)
 		return 0;
@@ -769,9 +1070,11 @@ int newosproc(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_NEWOSPROC);
-	locate(ctx, &h, tid);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_NEWOSPROC, tid, h.g, mp, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_NEWOSPROC, tid, GO_G(ctx), mp, 0))
 		return 0;
+	if (!stream_events)
+		return 0;
+	locate(ctx, &h, tid);
 	e = reserve();
 	if (!e)
 		return 0;
@@ -792,10 +1095,12 @@ static __always_inline int chan_op(struct pt_regs *ctx, __u32 prog, __u16 kind)
 	if (!tid)
 		return 0;
 	hit(prog);
-	locate(ctx, &h, tid);
 	/* Not ep: it points into the stack, which a re-entry has moved. */
-	if (refire(ctx, cookie, prog, tid, h.g, GO_ARG1(ctx), GO_ARG3(ctx) & 0xff))
+	if (refire(ctx, cookie, prog, tid, GO_G(ctx), GO_ARG1(ctx), GO_ARG3(ctx) & 0xff))
 		return 0;
+	if (!stream_events)
+		return 0;
+	locate(ctx, &h, tid);
 	e = reserve();
 	if (!e)
 		return 0;
@@ -831,9 +1136,11 @@ int mallocgc(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_MALLOCGC);
-	locate(ctx, &h, tid);
-	if (refire(ctx, cookie, PROG_MALLOCGC, tid, h.g, GO_ARG1(ctx), GO_ARG2(ctx)))
+	if (refire(ctx, cookie, PROG_MALLOCGC, tid, GO_G(ctx), GO_ARG1(ctx), GO_ARG2(ctx)))
 		return 0;
+	if (!stream_events)
+		return 0;
+	locate(ctx, &h, tid);
 	e = reserve();
 	if (!e)
 		return 0;
@@ -857,6 +1164,7 @@ int probe_points(struct pt_regs *ctx)
 	struct here h;
 	struct gmp_event *e;
 	__u32 from = (__u32)GO_ARG2(ctx), to = (__u32)GO_ARG3(ctx);
+	__u64 goid, now;
 	__u16 kind;
 	__u32 tid = in_target();
 	if (!tid)
@@ -876,11 +1184,38 @@ int probe_points(struct pt_regs *ctx)
 		kind = GMP_GO_EXIT;
 	else
 		return 0;
-	locate(ctx, &h, tid);
+	if (stream_events)
+		locate(ctx, &h, tid);
+	now = bpf_ktime_get_ns();
+	goid = GO_ARG1(ctx);
+	switch (kind) {
+	case GMP_GO_CREATE:
+		agg_site(GO_ARG8(ctx), 0);
+		if (to != G_WAITING)
+			agg_runnable(goid, now);
+		break;
+	case GMP_GO_START:
+		agg_start(goid, now);
+		break;
+	case GMP_GO_PARK:
+		agg_park(goid, (__u8)GO_ARG4(ctx), now);
+		break;
+	case GMP_GO_UNPARK:
+		agg_unpark(goid, now);
+		break;
+	case GMP_GO_SCHED:
+		agg_runnable(goid, now);
+		break;
+	case GMP_GO_EXIT:
+		agg_site(GO_ARG8(ctx), 1);
+		break;
+	}
+	if (!stream_events)
+		return 0;
 	e = reserve();
 	if (!e)
 		return 0;
-	fill(e, &h, kind);
+	fill_at(e, &h, kind, now);
 	e->goid = GO_ARG1(ctx);
 	e->aux = (kind == GMP_GO_CREATE || kind == GMP_GO_UNPARK) ? GO_ARG7(ctx) : 0;
 	e->pc = GO_ARG8(ctx);

@@ -98,7 +98,55 @@ enum gmp_counter {
 	CNT_TRUNCATED,      /* injectglist list longer than the walk bound */
 	CNT_READ_ERR,       /* a read of the target's memory failed */
 	CNT_STACK_LOST,     /* bpf_get_stackid failed (hash bucket taken, no stack) */
+	/* Aggregates (read by aggregate.go, not by Stats). */
+	CNT_START_UNSTAMPED,  /* a start without runnable stamp: no latency */
+	CNT_UNPARK_UNSTAMPED, /* an unpark without park stamp: no wait */
+	CNT_SITES_FULL,       /* site_counts full: a creation or exit not counted */
 	CNT_COUNT,
+};
+
+/* In-kernel aggregates (aggregate.go mirrors these structs). */
+
+/* The Go runtime's timeHistogram of go1.20 and later (runtime/histogram.go),
+ * field for field: counts by bucket and sub-bucket, then underflow (negative
+ * durations) and overflow (>= 2^47 ns). Bucket 0 holds [0, 2^8) ns; bucket
+ * b >= 1 holds [2^(b+7), 2^(b+8)); each is split into 4 equal sub-buckets. */
+#define TIME_HIST_MIN_BUCKET_BITS 9
+#define TIME_HIST_MAX_BUCKET_BITS 48 /* exclusive */
+#define TIME_HIST_SUB_BUCKET_BITS 2
+#define TIME_HIST_NUM_SUB_BUCKETS (1 << TIME_HIST_SUB_BUCKET_BITS)
+#define TIME_HIST_NUM_BUCKETS (TIME_HIST_MAX_BUCKET_BITS - TIME_HIST_MIN_BUCKET_BITS + 1)
+#define TIME_HIST_COUNTS (TIME_HIST_NUM_BUCKETS * TIME_HIST_NUM_SUB_BUCKETS)
+
+struct time_hist {
+	__u64 counts[TIME_HIST_COUNTS];
+	__u64 underflow;
+	__u64 overflow;
+};
+
+_Static_assert(sizeof(struct time_hist) == (40 * 4 + 2) * 8, "time_hist is the runtime's timeHistogram");
+
+/* Wait reasons are a byte (the runtime has about 50): one slot each. */
+#define GMP_WAIT_REASONS 256
+
+/* parked_since values: when the G parked and why. */
+struct park_stamp {
+	__u64 ts;
+	__u8 reason;
+	__u8 pad[7];
+};
+
+/* wait_stats values, by wait reason. */
+struct wait_agg {
+	__u64 parks;   /* GoPark with this reason */
+	__u64 waits;   /* waits of this reason that ended (unpark, or start) */
+	__u64 wait_ns; /* their total length */
+};
+
+/* site_counts values, by creation PC (g.gopc). */
+struct site_agg {
+	__u64 created;
+	__u64 exited;
 };
 
 /* Attach cookie bits, set per probe by the loader. */

@@ -46,6 +46,33 @@ type gmpwatchLastCall struct {
 	Depth uint64
 }
 
+type gmpwatchParkStamp struct {
+	_      structs.HostLayout
+	Ts     uint64
+	Reason uint8
+	Pad    [7]uint8
+}
+
+type gmpwatchSiteAgg struct {
+	_       structs.HostLayout
+	Created uint64
+	Exited  uint64
+}
+
+type gmpwatchTimeHist struct {
+	_         structs.HostLayout
+	Counts    [160]uint64
+	Underflow uint64
+	Overflow  uint64
+}
+
+type gmpwatchWaitAgg struct {
+	_      structs.HostLayout
+	Parks  uint64
+	Waits  uint64
+	WaitNs uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -55,7 +82,12 @@ const (
 	gmpwatchMapEvents              = "events"
 	gmpwatchMapHits                = "hits"
 	gmpwatchMapLastCalls           = "last_calls"
+	gmpwatchMapParkedSince         = "parked_since"
+	gmpwatchMapRunnableSince       = "runnable_since"
+	gmpwatchMapSchedLat            = "sched_lat"
+	gmpwatchMapSiteCounts          = "site_counts"
 	gmpwatchMapStacks              = "stacks"
+	gmpwatchMapWaitStats           = "wait_stats"
 	gmpwatchProgCasgstatus         = "casgstatus"
 	gmpwatchProgChanrecv           = "chanrecv"
 	gmpwatchProgChansend           = "chansend"
@@ -77,6 +109,7 @@ const (
 	gmpwatchProgProbePoints        = "probe_points"
 	gmpwatchProgReady              = "ready"
 	gmpwatchProgSchedule           = "schedule"
+	gmpwatchVarAggregate           = "aggregate"
 	gmpwatchVarCaptureStacks       = "capture_stacks"
 	gmpwatchVarDedupByMap          = "dedup_by_map"
 	gmpwatchVarGoschedHasPreempted = "gosched_has_preempted"
@@ -100,6 +133,7 @@ const (
 	gmpwatchVarOffP_id             = "off_p_id"
 	gmpwatchVarOffP_status         = "off_p_status"
 	gmpwatchVarPsyscallStatus      = "psyscall_status"
+	gmpwatchVarStreamEvents        = "stream_events"
 	gmpwatchVarTargetTgid          = "target_tgid"
 	gmpwatchVarUnusedGmpEvent      = "unused_gmp_event"
 	gmpwatchVarWakeupBytes         = "wakeup_bytes"
@@ -174,18 +208,24 @@ type gmpwatchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gmpwatchMapSpecs struct {
-	Counters  *ebpf.MapSpec `ebpf:"counters"`
-	Creations *ebpf.MapSpec `ebpf:"creations"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	Hits      *ebpf.MapSpec `ebpf:"hits"`
-	LastCalls *ebpf.MapSpec `ebpf:"last_calls"`
-	Stacks    *ebpf.MapSpec `ebpf:"stacks"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	Creations     *ebpf.MapSpec `ebpf:"creations"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	Hits          *ebpf.MapSpec `ebpf:"hits"`
+	LastCalls     *ebpf.MapSpec `ebpf:"last_calls"`
+	ParkedSince   *ebpf.MapSpec `ebpf:"parked_since"`
+	RunnableSince *ebpf.MapSpec `ebpf:"runnable_since"`
+	SchedLat      *ebpf.MapSpec `ebpf:"sched_lat"`
+	SiteCounts    *ebpf.MapSpec `ebpf:"site_counts"`
+	Stacks        *ebpf.MapSpec `ebpf:"stacks"`
+	WaitStats     *ebpf.MapSpec `ebpf:"wait_stats"`
 }
 
 // gmpwatchVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type gmpwatchVariableSpecs struct {
+	Aggregate           *ebpf.VariableSpec `ebpf:"aggregate"`
 	CaptureStacks       *ebpf.VariableSpec `ebpf:"capture_stacks"`
 	DedupByMap          *ebpf.VariableSpec `ebpf:"dedup_by_map"`
 	GoschedHasPreempted *ebpf.VariableSpec `ebpf:"gosched_has_preempted"`
@@ -209,6 +249,7 @@ type gmpwatchVariableSpecs struct {
 	OffP_id             *ebpf.VariableSpec `ebpf:"off_p_id"`
 	OffP_status         *ebpf.VariableSpec `ebpf:"off_p_status"`
 	PsyscallStatus      *ebpf.VariableSpec `ebpf:"psyscall_status"`
+	StreamEvents        *ebpf.VariableSpec `ebpf:"stream_events"`
 	TargetTgid          *ebpf.VariableSpec `ebpf:"target_tgid"`
 	UnusedGmpEvent      *ebpf.VariableSpec `ebpf:"unused_gmp_event"`
 	WakeupBytes         *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -234,12 +275,17 @@ func (o *gmpwatchObjects) Close() error {
 //
 // It can be passed to loadGmpwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gmpwatchMaps struct {
-	Counters  *ebpf.Map `ebpf:"counters"`
-	Creations *ebpf.Map `ebpf:"creations"`
-	Events    *ebpf.Map `ebpf:"events"`
-	Hits      *ebpf.Map `ebpf:"hits"`
-	LastCalls *ebpf.Map `ebpf:"last_calls"`
-	Stacks    *ebpf.Map `ebpf:"stacks"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	Creations     *ebpf.Map `ebpf:"creations"`
+	Events        *ebpf.Map `ebpf:"events"`
+	Hits          *ebpf.Map `ebpf:"hits"`
+	LastCalls     *ebpf.Map `ebpf:"last_calls"`
+	ParkedSince   *ebpf.Map `ebpf:"parked_since"`
+	RunnableSince *ebpf.Map `ebpf:"runnable_since"`
+	SchedLat      *ebpf.Map `ebpf:"sched_lat"`
+	SiteCounts    *ebpf.Map `ebpf:"site_counts"`
+	Stacks        *ebpf.Map `ebpf:"stacks"`
+	WaitStats     *ebpf.Map `ebpf:"wait_stats"`
 }
 
 func (m *gmpwatchMaps) Close() error {
@@ -249,7 +295,12 @@ func (m *gmpwatchMaps) Close() error {
 		m.Events,
 		m.Hits,
 		m.LastCalls,
+		m.ParkedSince,
+		m.RunnableSince,
+		m.SchedLat,
+		m.SiteCounts,
 		m.Stacks,
+		m.WaitStats,
 	)
 }
 
@@ -257,6 +308,7 @@ func (m *gmpwatchMaps) Close() error {
 //
 // It can be passed to loadGmpwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type gmpwatchVariables struct {
+	Aggregate           *ebpf.Variable `ebpf:"aggregate"`
 	CaptureStacks       *ebpf.Variable `ebpf:"capture_stacks"`
 	DedupByMap          *ebpf.Variable `ebpf:"dedup_by_map"`
 	GoschedHasPreempted *ebpf.Variable `ebpf:"gosched_has_preempted"`
@@ -280,6 +332,7 @@ type gmpwatchVariables struct {
 	OffP_id             *ebpf.Variable `ebpf:"off_p_id"`
 	OffP_status         *ebpf.Variable `ebpf:"off_p_status"`
 	PsyscallStatus      *ebpf.Variable `ebpf:"psyscall_status"`
+	StreamEvents        *ebpf.Variable `ebpf:"stream_events"`
 	TargetTgid          *ebpf.Variable `ebpf:"target_tgid"`
 	UnusedGmpEvent      *ebpf.Variable `ebpf:"unused_gmp_event"`
 	WakeupBytes         *ebpf.Variable `ebpf:"wakeup_bytes"`
