@@ -194,6 +194,7 @@ type Tracer struct {
 	coll   *ebpf.Collection
 	links  []link.Link
 	kind   LinkKind
+	ex     *link.Executable // the target's executable, opened once
 	probes []plan.Probe
 	rd     *ringbuf.Reader
 
@@ -349,6 +350,7 @@ func Attach(p *plan.Plan, opts Options) (*Tracer, error) {
 		coll.Close()
 		return nil, fmt.Errorf("attach: open %s: %w", p.Path, err)
 	}
+	t.ex = ex
 	for _, w := range wants {
 		prog := coll.Programs[w.prog]
 		for _, pr := range w.probes {

@@ -87,11 +87,9 @@ func NewWindowed(t *Tracer, p *plan.Plan, opts WindowOptions) (*Windowed, error)
 			return nil, err
 		}
 	}
-	ex, err := link.OpenExecutable(p.Path)
-	if err != nil {
-		return nil, fmt.Errorf("windows: open %s: %w", p.Path, err)
-	}
-	w := &Windowed{t: t, ex: ex, opts: opts, cal: cal, byPr: map[string][]*switchLink{}}
+	// The executable Attach opened: the target may be gone by now, and
+	// its /proc/PID/exe with it.
+	w := &Windowed{t: t, ex: t.ex, opts: opts, cal: cal, byPr: map[string][]*switchLink{}}
 	w.watch = newBreakpointWatch(p, t.pid, t.probes)
 
 	t.mu.Lock()

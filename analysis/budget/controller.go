@@ -42,6 +42,7 @@ var ExactFigures = []string{
 	"goroutines.created (go1.26+: sched.goroutinesCreated)",
 	"goroutines by status",
 	"threads",
+	"gc cycles (memstats.numgc)",
 	"runtime sched latency (sched.timeToRun, the runtime samples 1 in 8)",
 }
 
