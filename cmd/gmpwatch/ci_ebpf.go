@@ -10,24 +10,26 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/gmpwatch/gmpwatch/analysis/event"
+	"github.com/gmpwatch/gmpwatch/analysis/plan"
 	"github.com/gmpwatch/gmpwatch/analysis/regress"
-	"github.com/gmpwatch/gmpwatch/analysis/sched"
 	"github.com/gmpwatch/gmpwatch/ebpf"
 	"github.com/gmpwatch/gmpwatch/internal/session"
 )
 
 // ebpfMeasurer measures one run of `ci run` under gmpwatch's probes: the
-// command is started stopped before its first instruction, the probes are
-// attached (without stacks), it is released, and every scheduler
-// transition of its life feeds the scheduler model (analysis/sched) whose
-// total, when the command has ended and the ring buffer is drained, is the
-// run's measurement. It lives here, not in analysis/regress, which must
-// not import cilium/ebpf.
+// command is started stopped before its first instruction, the programs that
+// feed the in-kernel aggregates are attached (no event is streamed: every
+// figure of a run needs no per-event record), it is released, and when it
+// has ended the aggregates of its whole life are the run's measurement. It
+// lives here, not in analysis/regress, which must not import cilium/ebpf.
 type ebpfMeasurer struct {
-	// notes receives warnings about a run (lost events); nil: none.
+	// notes receives warnings about a run; nil: none.
 	notes io.Writer
-	// report is the model's total of the run, kept for tests.
-	report *sched.Report
+	// agg and waitReasons are the run's aggregates and the names of its
+	// wait reasons, kept for tests.
+	agg         *ebpf.Aggregates
+	waitReasons plan.WaitReasons
 	// lost is the events the kernel could not queue during the run.
 	lost uint64
 	// startErr is why the session did not start, if it did not.
@@ -48,7 +50,7 @@ func (m *ebpfMeasurer) Run(ctx context.Context, argv []string, stdout, stderr *o
 		return notRun, fmt.Errorf("%w: %w", regress.ErrNotStarted, err)
 	}
 	defer stdin.Close()
-	cfg := session.Config{Command: argv, NoStacks: true, Stdin: stdin}
+	cfg := session.Config{Command: argv, AggregateOnly: true, Stdin: stdin}
 	// Nil interfaces, not nil *os.File, for the streams not given.
 	if stdout != nil {
 		cfg.Stdout = stdout
@@ -65,8 +67,8 @@ func (m *ebpfMeasurer) Run(ctx context.Context, argv []string, stdout, stderr *o
 	}
 	defer sess.Close()
 	p := sess.Plan
-	model := sched.New(sched.Config{WaitReasons: p.WaitReasons, Symbolize: sess.Sym.Symbolize})
-	if err := sess.Run(model.Handle); err != nil {
+	m.waitReasons = p.WaitReasons
+	if err := sess.Run(func(*event.Event) {}); err != nil {
 		return notRun, fmt.Errorf("%w: release %s: %w", regress.ErrNotStarted, argv[0], err)
 	}
 
@@ -87,77 +89,58 @@ wait:
 		}
 	}
 	code := sess.Finish(context.Background())
-	now := session.MonotonicNow()
-	readErr := sess.Stop() // drains the ring buffer into the model
-	m.lost = sess.Stats().Lost
-	sess.Lock()
-	model.SetLost(m.lost)
-	m.report = model.Total(now)
-	sess.Unlock()
-
-	o := regress.Outcome{ExitStatus: code, GoVersion: p.GoVersion, Metrics: metricsOf(m.report)}
+	readErr := sess.Stop() // detaches; the aggregates stay readable
+	st := sess.Stats()
+	m.lost = st.Lost
+	agg, err := sess.Tracer.Aggregates()
+	if err != nil {
+		return notRun, fmt.Errorf("read the aggregates: %w", err)
+	}
+	m.agg = agg
+	threads := int64(st.Hits["newm"] - st.RefiresBy["newm"])
+	o := regress.Outcome{ExitStatus: code, GoVersion: p.GoVersion, Metrics: metricsOf(agg, p.WaitReasons, threads)}
 	if killed && code == 128+int(syscall.SIGKILL) {
 		o.ExitStatus, o.Signal = -1, "SIGKILL"
 	}
 	if readErr != nil {
 		return o, fmt.Errorf("read events: %w", readErr)
 	}
-	if m.lost > 0 && m.notes != nil {
-		fmt.Fprintf(m.notes, "gmpwatch ci: warning: %s lost %d of %d events (ring buffer full): its counts are low\n",
-			argv[0], m.lost, m.report.Events+m.lost)
+	if n := agg.SitesFull; n > 0 && m.notes != nil {
+		fmt.Fprintf(m.notes, "gmpwatch ci: warning: %s: %d creations or exits beyond the site map: goroutines created is low\n", argv[0], n)
 	}
 	return o, nil
 }
 
-// metricsOf is a run's metrics from the model's total.
-func metricsOf(r *sched.Report) regress.Metrics {
-	l := r.SchedLatency
-	created, threads := int64(r.Goroutines.Created), int64(r.ThreadsCreated)
+// metricsOf is a run's metrics from its in-kernel aggregates: the latency
+// quantiles are interpolated in the buckets of the runtime's own histogram
+// layout (4 per power of two), the maximum is the top of the highest
+// non-empty bucket.
+func metricsOf(a *ebpf.Aggregates, reasons plan.WaitReasons, threads int64) regress.Metrics {
+	h := a.SchedLatency
+	var created int64
+	for _, s := range a.Sites {
+		created += int64(s.Created)
+	}
 	blocked := map[string]int64{}
-	for _, w := range r.WaitReasons {
-		if w.Count > 0 {
-			blocked[w.Reason] += int64(w.TotalNs)
+	for r, w := range a.Waits {
+		if w.Ended > 0 {
+			blocked[reasons.Name(r)] += int64(w.TotalNs)
 		}
 	}
+	q := func(x float64) int64 { return int64(math.Round(h.Quantile(x))) }
 	return regress.Metrics{
 		SchedLatency: regress.Latency{
-			Count:  l.Count,
-			P50NS:  int64(l.P50Ns),
-			P90NS:  int64(l.P90Ns),
-			P99NS:  int64(l.P99Ns),
-			P999NS: int64(bucketQuantile(l.Histogram, l.MaxNs, 0.999)),
-			MaxNS:  int64(l.MaxNs),
+			Count:  h.Total(),
+			P50NS:  q(0.50),
+			P90NS:  q(0.90),
+			P99NS:  q(0.99),
+			P999NS: q(0.999),
+			MaxNS:  q(1),
 		},
 		GoroutinesCreated: &created,
 		ThreadsCreated:    &threads,
 		BlockedNSByReason: blocked,
 	}
-}
-
-// bucketQuantile is the q-quantile of a histogram's non-empty buckets the
-// way sched.Histogram.Quantile computes p50..p99 (the report carries no
-// p99.9): the upper bound of the bucket holding the value of rank
-// ceil(q*n), at most the maximum.
-func bucketQuantile(buckets []sched.Bucket, max uint64, q float64) uint64 {
-	var n uint64
-	for _, b := range buckets {
-		n += b.Count
-	}
-	if n == 0 {
-		return 0
-	}
-	rank := uint64(math.Ceil(q * float64(n)))
-	if rank < 1 {
-		rank = 1
-	}
-	var cum uint64
-	for _, b := range buckets {
-		cum += b.Count
-		if cum >= rank {
-			return min(b.HiNs, max)
-		}
-	}
-	return max
 }
 
 // ciMethod is how the runs of one `ci run` are measured: by eBPF, by the

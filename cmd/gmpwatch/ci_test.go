@@ -423,7 +423,8 @@ func parseSchedload(t *testing.T, out string) schedloadSays {
 // The eBPF measurer on one run of schedload: every goroutine the runtime
 // counted created (its own /sched/goroutines-created, printed at its end),
 // the ping-pong's parks on channels (one per message), latencies in order,
-// and the record's metrics those of the model's report.
+// and the record's metrics those of the kernel's aggregates (nothing is
+// streamed).
 func TestCIEBPFMeasurer(t *testing.T) {
 	testtarget.RequireRoot(t)
 	bin := testtarget.Build(t, "schedload", testtarget.Go126, testtarget.Plain)
@@ -459,8 +460,8 @@ func TestCIEBPFMeasurer(t *testing.T) {
 		t.Errorf("threads created %d: GOMAXPROCS 2 needs another thread", *o.Metrics.ThreadsCreated)
 	}
 	waits := map[string][2]uint64{}
-	for _, w := range m.report.WaitReasons {
-		waits[w.Reason] = [2]uint64{w.Count, w.TotalNs}
+	for r, w := range m.agg.Waits {
+		waits[m.waitReasons.Name(r)] = [2]uint64{w.Parks, w.TotalNs}
 	}
 	recv, send := waits["chan receive"], waits["chan send"]
 	// Each message on an unbuffered channel parks exactly one side: the
@@ -478,7 +479,11 @@ func TestCIEBPFMeasurer(t *testing.T) {
 		t.Errorf("%d parks on channels, want one per message: %d..%d", parks, 2*exchanges, most)
 	}
 	if got := o.Metrics.BlockedNSByReason["chan receive"]; got != int64(recv[1]) {
-		t.Errorf("recorded chan receive %d ns, the model's %d", got, recv[1])
+		t.Errorf("recorded chan receive %d ns, the kernel's aggregate %d", got, recv[1])
+	}
+	// Nothing was streamed: every figure came from the kernel's aggregates.
+	if st := m.agg; st == nil || st.SchedLatency.Total() != l.Count {
+		t.Errorf("latency count %d is not the aggregate's", l.Count)
 	}
 
 	// The end of ctx (ci run's timeout) kills the command; what ran is

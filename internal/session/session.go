@@ -50,6 +50,11 @@ type Config struct {
 	// NoStacks attaches without user-stack capture, which costs several
 	// microseconds per captured event: the live view needs no stacks.
 	NoStacks bool
+	// AggregateOnly attaches the programs that feed the in-kernel
+	// aggregates (ebpf.AggregateProgramsFor), plus newm for the threads'
+	// count, and streams no event: for figures that need no per-event
+	// record (Tracer.Aggregates, Stats). Programs is then ignored.
+	AggregateOnly bool
 }
 
 // Session is an attached tracing session.
@@ -142,7 +147,15 @@ func Start(cfg Config) (s *Session, err error) {
 	if err != nil {
 		return s, fmt.Errorf("pid %d: %w", pid, err)
 	}
-	s.Tracer, err = ebpf.Attach(s.Plan, ebpf.Options{PID: pid, Programs: cfg.Programs, RingBytes: cfg.RingBytes, NoStacks: cfg.NoStacks})
+	opts := ebpf.Options{PID: pid, Programs: cfg.Programs, RingBytes: cfg.RingBytes, NoStacks: cfg.NoStacks}
+	if cfg.AggregateOnly {
+		opts.NoStream, opts.NoStacks = true, true
+		opts.Programs = ebpf.AggregateProgramsFor(s.Plan)
+		if len(s.Plan.ProbesFor("newm")) > 0 {
+			opts.Programs = append(opts.Programs, "newm")
+		}
+	}
+	s.Tracer, err = ebpf.Attach(s.Plan, opts)
 	if err != nil {
 		return s, attachError(pid, err)
 	}
