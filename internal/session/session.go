@@ -147,7 +147,10 @@ func Start(cfg Config) (s *Session, err error) {
 	if err != nil {
 		return s, fmt.Errorf("pid %d: %w", pid, err)
 	}
-	opts := ebpf.Options{PID: pid, Programs: cfg.Programs, RingBytes: cfg.RingBytes, NoStacks: cfg.NoStacks}
+	// The in-kernel aggregates cost each hit 0.1-0.45 µs of BPF time; only
+	// aggregate-only sessions read them.
+	opts := ebpf.Options{PID: pid, Programs: cfg.Programs, RingBytes: cfg.RingBytes, NoStacks: cfg.NoStacks,
+		NoAggregate: !cfg.AggregateOnly}
 	if cfg.AggregateOnly {
 		opts.NoStream, opts.NoStacks = true, true
 		opts.Programs = ebpf.AggregateProgramsFor(s.Plan)

@@ -284,7 +284,8 @@ func startGmp(pid int, cfg string, cal *ebpf.Calibration) (*gmp, error) {
 	if err != nil {
 		return nil, err
 	}
-	tr, err := ebpf.Attach(p, ebpf.Options{PID: pid, Programs: strings.Split(*progList, ",")})
+	// As the live view: no stacks, no in-kernel aggregates (it reads none).
+	tr, err := ebpf.Attach(p, ebpf.Options{PID: pid, Programs: strings.Split(*progList, ","), NoStacks: true, NoAggregate: true})
 	if err != nil {
 		return nil, err
 	}
