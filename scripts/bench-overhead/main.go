@@ -713,7 +713,8 @@ func accuracy(cal *ebpf.Calibration) error {
 		n        []float64
 	}
 	rows := []*row{{name: "runtime histogram, read by gmpwatch (exact figure)"}, {name: "target's own /sched/latencies:seconds"},
-		{name: "gmpwatch windows (probes on: their cost included)"}, {name: "runtime/trace of a separate run (x/exp/trace)"}}
+		{name: "gmpwatch windows (probes on: their cost included)"}, {name: "runtime/trace of a separate run (x/exp/trace)"},
+		{name: "that traced run's own /sched/latencies:seconds"}}
 	add := func(r *row, p50, p99, n float64) {
 		r.p50, r.p99, r.n = append(r.p50, p50), append(r.p99, p99), append(r.n, n)
 	}
@@ -740,15 +741,11 @@ func accuracy(cal *ebpf.Calibration) error {
 			return err
 		}
 		fmt.Fprintln(x.in, "go")
-		own := rtstate.Histogram{Bounds: rtstate.Bounds(rt.HistFormat()), Counts: make([]uint64, len(rtstate.Bounds(rt.HistFormat()))-1)}
+		own := newHist(rt.HistFormat())
 		var s1 *rtstate.Sched
 		for x.sc.Scan() {
 			line := x.sc.Text()
-			var lo, hi float64
-			var c uint64
-			if n, _ := fmt.Sscanf(line, "latency-bucket %g %g %d", &lo, &hi, &c); n == 3 {
-				own.Counts[own.BucketOf(lo*1e9)] += c
-			}
+			addBucketLine(own, line)
 			if strings.HasPrefix(line, "ops ") {
 				s1, err = rt.Sched() // the target holds on for a second
 				break
@@ -782,11 +779,16 @@ func accuracy(cal *ebpf.Calibration) error {
 
 		// A separate run under the execution tracer.
 		tmp := filepath.Join(os.TempDir(), fmt.Sprintf("storm-acc-%d.trace", os.Getpid()))
-		c := exec.Command(bin, "-d", dur.String(), "-trace", tmp)
-		c.Stdout = io.Discard
-		if err := c.Run(); err != nil {
+		c := exec.Command(bin, "-d", dur.String(), "-trace", tmp, "-metrics")
+		out, err := c.Output()
+		if err != nil {
 			return err
 		}
+		tracedOwn := newHist(rtstate.HistFormatFor("go1.26"))
+		for _, line := range strings.Split(string(out), "\n") {
+			addBucketLine(tracedOwn, line)
+		}
+		add(rows[4], tracedOwn.Quantile(0.5), tracedOwn.Quantile(0.99), float64(tracedOwn.Total()))
 		f, err := os.Open(tmp)
 		if err != nil {
 			return err
@@ -817,3 +819,19 @@ func accuracy(cal *ebpf.Calibration) error {
 }
 
 func ns(v float64) string { return sched.FormatNs(uint64(v)) }
+
+// newHist returns an empty histogram in the runtime's layout f.
+func newHist(f rtstate.HistFormat) *rtstate.Histogram {
+	b := rtstate.Bounds(f)
+	return &rtstate.Histogram{Bounds: b, Counts: make([]uint64, len(b)-1)}
+}
+
+// addBucketLine adds storm's "latency-bucket LO HI N" line (seconds) to h;
+// other lines are ignored.
+func addBucketLine(h *rtstate.Histogram, line string) {
+	var lo, hi float64
+	var c uint64
+	if n, _ := fmt.Sscanf(line, "latency-bucket %g %g %d", &lo, &hi, &c); n == 3 {
+		h.Counts[h.BucketOf(lo*1e9)] += c
+	}
+}
