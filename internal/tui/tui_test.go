@@ -385,13 +385,13 @@ func TestBudgetHeader(t *testing.T) {
 	if v := m.View(); !strings.Contains(v, "budget 2%: duty 5.0%") {
 		t.Errorf("header lacks the budget's state:\n%s", v)
 	}
-	if v := m.View(); strings.Contains(v, "Runtime's own") {
+	if v := m.View(); strings.Contains(v, "runtime's own") {
 		t.Errorf("a runtime latency line without runtime figures:\n%s", v)
 	}
 	s = snap(2, &sched.Report{})
 	s.Runtime = "n 1234    p50 241ns"
 	send(t, m, s)
-	if v := m.View(); !strings.Contains(v, "Runtime's own  n 1234    p50 241ns") {
-		t.Errorf("the runtime's own latency is not shown:\n%s", v)
+	if v := m.View(); !strings.Contains(v, "Sched latency  runtime's own n 1234    p50 241ns") || !strings.Contains(v, "  in windows   last ") {
+		t.Errorf("the runtime's own latency is not shown first, the windows' after it:\n%s", v)
 	}
 }

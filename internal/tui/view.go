@@ -132,19 +132,24 @@ func (m *Model) latencyLines() []string {
 	if m.last != nil {
 		r = m.last.Report
 	}
+	// Under a budget the runtime's own histogram is the exact figure and
+	// goes first; the probes' figures come from the windows and include
+	// the probes' own cost, and say so.
+	label := "Sched latency"
 	var out []string
+	if m.last != nil && m.last.Runtime != "" {
+		out = append(out, "Sched latency  runtime's own "+m.last.Runtime)
+		label = "  in windows "
+	}
 	if r != nil {
 		l := r.SchedLatency
-		out = append(out, fmt.Sprintf("Sched latency  last %-6s n %-7s p50 %-8s p90 %-8s p99 %-8s max %s",
-			shortDur(time.Duration(r.DurationNs)), count(l.Count), sched.FormatNs(l.P50Ns), sched.FormatNs(l.P90Ns), sched.FormatNs(l.P99Ns), sched.FormatNs(l.MaxNs)))
+		out = append(out, fmt.Sprintf("%-13s  last %-6s n %-7s p50 %-8s p90 %-8s p99 %-8s max %s",
+			label, shortDur(time.Duration(r.DurationNs)), count(l.Count), sched.FormatNs(l.P50Ns), sched.FormatNs(l.P90Ns), sched.FormatNs(l.P99Ns), sched.FormatNs(l.MaxNs)))
 	} else {
-		out = append(out, "Sched latency  last interval: none yet")
+		out = append(out, label+"  last interval: none yet")
 	}
 	out = append(out, fmt.Sprintf("               total %-5s n %-7s p50 %-8s p90 %-8s p99 %-8s max %s",
 		"", count(m.latN), sched.FormatNs(m.latQuantile(.5)), sched.FormatNs(m.latQuantile(.9)), sched.FormatNs(m.latQuantile(.99)), sched.FormatNs(m.latMax)))
-	if m.last != nil && m.last.Runtime != "" {
-		out = append(out, "Runtime's own  "+m.last.Runtime)
-	}
 	w := max(m.width-22, 8)
 	out = append(out, "p99 over time  "+stSpark.Render(sparkline(m.p99Hist, w)))
 	return out
