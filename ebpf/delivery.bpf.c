@@ -18,6 +18,8 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+/* The ring buffer events, the counters, reserve and submit: the loader
+ * replaces both maps with a tracer's, and sets its wakeup_bytes. */
 #include "gmpwatch.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -25,24 +27,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* In pc, to tell these events from a target's. */
 #define DELIVERY_MAGIC 0x79726576696c6564ULL /* "delivery" */
 
-/* As in gmpwatch.bpf.c: the loader sets the tracer's threshold. */
-const volatile __u64 wakeup_bytes = 1 << 20;
-
 /* The sequence number of the next event emitted. */
 __u64 next_seq = 0;
-
-/* Replaced by the tracer's maps of the same definitions. */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 24); /* set to the tracer's size */
-} events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, CNT_COUNT);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
 
 struct delivery_ctx {
 	__u32 count;
@@ -55,30 +41,6 @@ struct delivery_state {
 	__u32 tid;
 	__u16 kind;
 };
-
-/* count, reserve and submit are gmpwatch.bpf.c's. */
-static __always_inline void count(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
-	if (v)
-		*v += 1;
-}
-
-static __always_inline struct gmp_event *reserve(void)
-{
-	struct gmp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e)
-		count(CNT_LOST);
-	return e;
-}
-
-static __always_inline void submit(struct gmp_event *e)
-{
-	__u64 flags = BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
-		flags = BPF_RB_FORCE_WAKEUP;
-	bpf_ringbuf_submit(e, flags);
-}
 
 static long deliver_one(__u64 i, void *data)
 {

@@ -59,8 +59,6 @@ const volatile __u8 gosched_has_preempted = 1;
 const volatile __u8 dedup_by_map = 0;
 /* Bound on the injectglist walk. */
 const volatile __u32 inject_max = 65536;
-/* Wake the reader once this many bytes wait in the ring (0: always). */
-const volatile __u64 wakeup_bytes = 1 << 20;
 /* Write events to the ring buffer. 0: aggregate-only, the programs update
  * the counters and the aggregates below and write nothing (nor take stacks). */
 const volatile __u8 stream_events = 1;
@@ -68,18 +66,6 @@ const volatile __u8 stream_events = 1;
  * wait_stats, site_counts). 0: none of their map operations run (the
  * verifier drops the code). */
 const volatile __u8 aggregate = 1;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 24); /* resized by the loader */
-} events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, CNT_COUNT);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
 
 /* Per program: hits at [prog], suppressed morestack re-entries at
  * [PROG_COUNT + prog]. */
@@ -188,13 +174,6 @@ struct {
 
 /* Keeps struct gmp_event in the BTF for bpf2go -type (checked in tests). */
 struct gmp_event *unused_gmp_event __attribute__((unused));
-
-static __always_inline void count(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
-	if (v)
-		*v += 1;
-}
 
 static __always_inline void hit(__u32 prog)
 {
@@ -495,22 +474,6 @@ static __always_inline void agg_site(__u64 pc, int exit)
 		__sync_fetch_and_add(&v->exited, 1);
 	else
 		__sync_fetch_and_add(&v->created, 1);
-}
-
-static __always_inline struct gmp_event *reserve(void)
-{
-	struct gmp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e)
-		count(CNT_LOST);
-	return e;
-}
-
-static __always_inline void submit(struct gmp_event *e)
-{
-	__u64 flags = BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
-		flags = BPF_RB_FORCE_WAKEUP;
-	bpf_ringbuf_submit(e, flags);
 }
 
 /* refire reports whether this hit is one of the two hits of a call that

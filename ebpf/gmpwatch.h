@@ -173,4 +173,50 @@ struct site_agg {
 #define GO_SP(ctx) ((ctx)->rsp)
 #define GO_FLAGS(ctx) ((ctx)->eflags)
 
+/* The ring buffer, the counters and the helpers that write them: one
+ * definition for every BPF object that writes events (gmpwatch.bpf.c, and
+ * delivery.bpf.c, whose loader hands it a tracer's very maps). Include
+ * after <linux/bpf.h> and <bpf/bpf_helpers.h>. */
+
+/* Wake the reader once this many bytes wait in the ring (0: always). */
+const volatile __u64 wakeup_bytes = 1 << 20;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 24); /* resized by the loader */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CNT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += 1;
+}
+
+/* reserve takes room for an event, or counts it lost. */
+static __always_inline struct gmp_event *reserve(void)
+{
+	struct gmp_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e)
+		count(CNT_LOST);
+	return e;
+}
+
+/* submit queues an event without waking the reader (it polls) unless
+ * wakeup_bytes wait. */
+static __always_inline void submit(struct gmp_event *e)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
 #endif /* GMPWATCH_H */
