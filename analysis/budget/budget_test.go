@@ -198,6 +198,23 @@ func simulateOverhead(t *testing.T, spec Spec, progs []Program, ownCores float64
 	return c
 }
 
+// TestEstimateAgainstPlannedRate: a target going idle after the last plan
+// (a storm at its end) does not turn the plan's estimate into a share of
+// the new, lower rate.
+func TestEstimateAgainstPlannedRate(t *testing.T) {
+	c := simulate(t, Default(), storm(), 2, 30)
+	before := c.Report().EstimatedCost
+	c.Observe(Observation{Elapsed: time.Second, Hits: map[string]uint64{}, Attached: map[string]time.Duration{},
+		TargetCPU: 10 * time.Millisecond})
+	r := c.Report()
+	if r.TargetCores > 1.5 {
+		t.Fatalf("target's CPU rate %v cores after an idle second, want it to drop from 2", r.TargetCores)
+	}
+	if r.EstimatedCost > 0.02*1.0001 {
+		t.Fatalf("estimated cost %v after the target went idle (was %v): want the plan's share, at most 2%%", r.EstimatedCost, before)
+	}
+}
+
 func TestControllerStaysWithinBudget(t *testing.T) {
 	c := simulate(t, Default(), storm(), 2, 30)
 	r := c.Report()

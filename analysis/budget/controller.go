@@ -84,6 +84,8 @@ type Controller struct {
 	rates map[string]float64
 	own   float64 // target's own CPU rate, cores; NaN until measured
 	dec   Decision
+	// decOwn is the target's CPU rate dec was made for.
+	decOwn float64
 
 	window, period time.Duration
 	duty           float64       // the duty the schedule gives
@@ -142,6 +144,7 @@ func (c *Controller) decide() {
 	}
 	ps := c.programs()
 	c.dec = Decide(c.cfg.Spec, own, ps)
+	c.decOwn = own
 	duty := c.dec.Duty
 	for _, p := range ps {
 		if math.IsNaN(p.Rate) && !c.cfg.Spec.Max {
@@ -256,9 +259,11 @@ func (c *Controller) Report() Report {
 			r.CPUOutWindowCores = float64(c.cpu-c.cpuIn) / float64(c.elapsed-c.windowTime)
 		}
 	}
+	// The plan's cost against the CPU rate it was planned for: the rate
+	// may have moved since (a target going idle at its end).
 	r.EstimatedCores = finite(c.dec.EstimatedCores)
-	if r.TargetCores > 0 {
-		r.EstimatedCost = r.EstimatedCores / r.TargetCores
+	if c.decOwn > 0 {
+		r.EstimatedCost = r.EstimatedCores / c.decOwn
 	}
 	r.WithinBudget = c.cfg.Spec.Max || r.MeasuredCores <= r.AllowedCores*1.0001
 	for _, p := range c.programs() {
@@ -325,7 +330,8 @@ type Report struct {
 	TargetCores      float64 `json:"target_cores"`
 	TargetCPUSeconds float64 `json:"target_cpu_seconds"`
 	// EstimatedCost is the current plan's expected cost (rates × per-hit
-	// cost × duty) as a share of the target's CPU, EstimatedCores in cores.
+	// cost × duty) as a share of the target's CPU rate it was planned for,
+	// EstimatedCores in cores.
 	EstimatedCost  float64 `json:"estimated_cost"`
 	EstimatedCores float64 `json:"estimated_cores"`
 	// MeasuredCost is the hits counted in the kernel × the calibrated
