@@ -322,6 +322,15 @@ func startGmp(pid int, cfg string, cal *ebpf.Calibration) (*gmp, error) {
 	return g, nil
 }
 
+// finish stops gmpwatch and returns the scheduling latency its windows saw.
+func (g *gmp) finish() (sched.Latency, error) {
+	var r result
+	err := g.stop(&r)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.model.Total(uint64(rtstate.MonoNow())).SchedLatency, err
+}
+
 func (g *gmp) stop(r *result) error {
 	g.cancel()
 	var errs []error
@@ -698,124 +707,265 @@ func startup(cal *ebpf.Calibration) error {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// accuracy compares, on the storm, the scheduling latency gmpwatch reports
-// under the default budget with the runtime's own and with an execution
-// trace's: per repetition, one run under gmpwatch that also prints its own
-// /sched/latencies over the run, and a separate run under runtime/trace.
+// accuracy compares the scheduling latency gmpwatch reports under the
+// default budget with the runtime's own and with an execution trace's, on
+// the storm and on the HTTP server: per repetition, one run under gmpwatch
+// in which the target's own /sched/latencies over the same interval is read
+// too, and a separate run under runtime/trace (with its own histogram).
 func accuracy(cal *ebpf.Calibration) error {
-	bin, err := testtarget.BuildErr("storm", testtarget.Go126, testtarget.Plain)
-	if err != nil {
-		return err
-	}
-	type row struct {
-		name     string
-		p50, p99 []float64
-		n        []float64
-	}
-	rows := []*row{{name: "runtime histogram, read by gmpwatch (exact figure)"}, {name: "target's own /sched/latencies:seconds"},
-		{name: "gmpwatch windows (probes on: their cost included)"}, {name: "runtime/trace of a separate run (x/exp/trace)"},
-		{name: "that traced run's own /sched/latencies:seconds"}}
-	add := func(r *row, p50, p99, n float64) {
-		r.p50, r.p99, r.n = append(r.p50, p50), append(r.p99, p99), append(r.n, n)
-	}
-	var sameBucket50, sameBucket99, runs int
-	for rep := 0; rep < *reps; rep++ {
-		// Under gmpwatch, default budget.
-		x, _, err := start(bin, "ready", "-wait", "-d", dur.String(), "-metrics", "-hold", "1s")
+	for _, w := range []struct {
+		name string
+		run  func(bin string, cal *ebpf.Calibration) (*accRun, error)
+	}{{"storm", accuracyStorm}, {"httpserver", accuracyHTTP}} {
+		bin, err := testtarget.BuildErr(w.name, testtarget.Go126, testtarget.Plain)
 		if err != nil {
 			return err
 		}
-		g, err := startGmp(x.cmd.Process.Pid, "default", cal)
-		if err != nil {
-			x.kill()
-			return err
-		}
-		rt, err := rtstate.Open(g.plan)
-		if err != nil {
-			x.kill()
-			return err
-		}
-		s0, err := rt.Sched()
-		if err != nil {
-			x.kill()
-			return err
-		}
-		fmt.Fprintln(x.in, "go")
-		own := newHist(rt.HistFormat())
-		var s1 *rtstate.Sched
-		for x.sc.Scan() {
-			line := x.sc.Text()
-			addBucketLine(own, line)
-			if strings.HasPrefix(line, "ops ") {
-				s1, err = rt.Sched() // the target holds on for a second
-				break
+		var runs []*accRun
+		for rep := 0; rep < *reps; rep++ {
+			r, err := w.run(bin, cal)
+			if err != nil {
+				return fmt.Errorf("accuracy %s: %w", w.name, err)
 			}
+			fmt.Fprintf(os.Stderr, "accuracy %s rep %d: memory p50 %s p99 %s; own p50 %s p99 %s; windows p50 %s p99 %s; trace p50 %s p99 %s\n", w.name, rep+1,
+				ns(r.mem.Quantile(0.5)), ns(r.mem.Quantile(0.99)), ns(r.own.Quantile(0.5)), ns(r.own.Quantile(0.99)),
+				ns(float64(r.win.P50Ns)), ns(float64(r.win.P99Ns)), ns(float64(r.trace.Quantile(0.5))), ns(float64(r.trace.Quantile(0.99))))
+			runs = append(runs, r)
 		}
-		rt.Close()
-		if err != nil {
-			x.kill()
-			return err
-		}
-		var r result
-		if err := g.stop(&r); err != nil {
-			x.kill()
-			return err
-		}
-		x.kill()
-		g.mu.Lock()
-		win := g.model.Total(uint64(rtstate.MonoNow())).SchedLatency
-		g.mu.Unlock()
-		mem, _ := s1.TimeToRun.Sub(s0.TimeToRun)
-		add(rows[0], mem.Quantile(0.5), mem.Quantile(0.99), float64(mem.Total()))
-		add(rows[1], own.Quantile(0.5), own.Quantile(0.99), float64(own.Total()))
-		add(rows[2], float64(win.P50Ns), float64(win.P99Ns), float64(win.Count))
-		runs++
-		if mem.BucketOf(mem.Quantile(0.5)) == own.BucketOf(own.Quantile(0.5)) {
-			sameBucket50++
-		}
-		if mem.BucketOf(mem.Quantile(0.99)) == own.BucketOf(own.Quantile(0.99)) {
-			sameBucket99++
-		}
-
-		// A separate run under the execution tracer.
-		tmp := filepath.Join(os.TempDir(), fmt.Sprintf("storm-acc-%d.trace", os.Getpid()))
-		c := exec.Command(bin, "-d", dur.String(), "-trace", tmp, "-metrics")
-		out, err := c.Output()
-		if err != nil {
-			return err
-		}
-		tracedOwn := newHist(rtstate.HistFormatFor("go1.26"))
-		for _, line := range strings.Split(string(out), "\n") {
-			addBucketLine(tracedOwn, line)
-		}
-		add(rows[4], tracedOwn.Quantile(0.5), tracedOwn.Quantile(0.99), float64(tracedOwn.Total()))
-		f, err := os.Open(tmp)
-		if err != nil {
-			return err
-		}
-		lat, err := exectrace.SchedLatencies(f)
-		f.Close()
-		os.Remove(tmp)
-		if err != nil {
-			return err
-		}
-		add(rows[3], float64(lat.Quantile(0.5)), float64(lat.Quantile(0.99)), float64(len(lat.Samples)))
-		fmt.Fprintf(os.Stderr, "accuracy rep %d: memory p50 %s p99 %s; own p50 %s p99 %s; windows p50 %s p99 %s; trace p50 %s p99 %s\n", rep+1,
-			ns(mem.Quantile(0.5)), ns(mem.Quantile(0.99)), ns(own.Quantile(0.5)), ns(own.Quantile(0.99)),
-			ns(float64(win.P50Ns)), ns(float64(win.P99Ns)), ns(float64(lat.Quantile(0.5))), ns(float64(lat.Quantile(0.99))))
+		printAccuracy(w.name, runs)
 	}
-	fmt.Printf("\naccuracy (storm, default budget, %d reps of %v): scheduling latency, median over the reps (min–max)\n", *reps, *dur)
+	return nil
+}
+
+// accRun is one repetition of the accuracy check.
+type accRun struct {
+	// mem is the runtime's histogram read by gmpwatch from memory, own the
+	// target's own reading of it (runtime/metrics), over the same interval.
+	mem, own *rtstate.Histogram
+	win      sched.Latency // gmpwatch's windows
+	// trace is the separate traced run's latencies, tracedOwn its own
+	// histogram.
+	trace     *exectrace.Latencies
+	tracedOwn *rtstate.Histogram
+}
+
+func printAccuracy(name string, runs []*accRun) {
+	type row struct {
+		name string
+		q    func(r *accRun, q float64) float64
+		n    func(r *accRun) float64
+	}
+	hist := func(h func(*accRun) *rtstate.Histogram) (func(*accRun, float64) float64, func(*accRun) float64) {
+		return func(r *accRun, q float64) float64 { return h(r).Quantile(q) }, func(r *accRun) float64 { return float64(h(r).Total()) }
+	}
+	memQ, memN := hist(func(r *accRun) *rtstate.Histogram { return r.mem })
+	ownQ, ownN := hist(func(r *accRun) *rtstate.Histogram { return r.own })
+	trOwnQ, trOwnN := hist(func(r *accRun) *rtstate.Histogram { return r.tracedOwn })
+	rows := []row{
+		{"runtime histogram, read by gmpwatch (exact figure)", memQ, memN},
+		{"target's own /sched/latencies:seconds", ownQ, ownN},
+		{"gmpwatch windows (probes on: their cost included)", func(r *accRun, q float64) float64 {
+			if q == 0.5 {
+				return float64(r.win.P50Ns)
+			}
+			return float64(r.win.P99Ns)
+		}, func(r *accRun) float64 { return float64(r.win.Count) }},
+		{"runtime/trace of a separate run (x/exp/trace)", func(r *accRun, q float64) float64 { return float64(r.trace.Quantile(q)) },
+			func(r *accRun) float64 { return float64(len(r.trace.Samples)) }},
+		{"that traced run's own /sched/latencies:seconds", trOwnQ, trOwnN},
+	}
+	fmt.Printf("\naccuracy (%s, default budget, %d reps of %v): scheduling latency, median over the reps (min–max)\n", name, len(runs), *dur)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "source\tp50\tp99\tsamples\t")
-	spread := func(v []float64) string {
-		return fmt.Sprintf("%s (%s–%s)", ns(median(v)), ns(slices.Min(v)), ns(slices.Max(v)))
-	}
-	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t\n", r.name, spread(r.p50), spread(r.p99), median(r.n))
+	for _, rw := range rows {
+		var p50, p99, n []float64
+		for _, r := range runs {
+			p50, p99, n = append(p50, rw.q(r, 0.5)), append(p99, rw.q(r, 0.99)), append(n, rw.n(r))
+		}
+		spread := func(v []float64) string {
+			return fmt.Sprintf("%s (%s–%s)", ns(median(v)), ns(slices.Min(v)), ns(slices.Max(v)))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t\n", rw.name, spread(p50), spread(p99), median(n))
 	}
 	tw.Flush()
-	fmt.Printf("gmpwatch's exact figure in the same runtime bucket as the target's own view: p50 %d/%d runs, p99 %d/%d\n", sameBucket50, runs, sameBucket99, runs)
-	return nil
+	var same50, same99, near50, near99 int
+	for _, r := range runs {
+		for _, c := range []struct {
+			q          float64
+			same, near *int
+		}{{0.5, &same50, &near50}, {0.99, &same99, &near99}} {
+			if r.mem.BucketOf(r.mem.Quantile(c.q)) == r.own.BucketOf(r.own.Quantile(c.q)) {
+				*c.same++
+			}
+			d := r.mem.BucketOf(r.mem.Quantile(c.q)) - r.mem.BucketOf(float64(r.trace.Quantile(c.q)))
+			if d >= -1 && d <= 1 {
+				*c.near++
+			}
+		}
+	}
+	fmt.Printf("gmpwatch's exact figure vs the target's own: same bucket p50 %d/%d, p99 %d/%d; vs the trace of a separate run: within one bucket p50 %d/%d, p99 %d/%d\n",
+		same50, len(runs), same99, len(runs), near50, len(runs), near99, len(runs))
+}
+
+// traceLatencies reads a runtime/trace file's scheduling latencies and
+// removes the file.
+func traceLatencies(path string) (*exectrace.Latencies, error) {
+	defer os.Remove(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return exectrace.SchedLatencies(f)
+}
+
+// accuracyStorm: storm prints its own histogram over the run (-metrics),
+// gmpwatch reads the runtime's before "go" and after the counts (-hold).
+func accuracyStorm(bin string, cal *ebpf.Calibration) (*accRun, error) {
+	x, _, err := start(bin, "ready", "-wait", "-d", dur.String(), "-metrics", "-hold", "1s")
+	if err != nil {
+		return nil, err
+	}
+	defer x.kill()
+	g, err := startGmp(x.cmd.Process.Pid, "default", cal)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := rtstate.Open(g.plan)
+	if err != nil {
+		return nil, err
+	}
+	defer rt.Close()
+	s0, err := rt.Sched()
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintln(x.in, "go")
+	own := newHist(rt.HistFormat())
+	var s1 *rtstate.Sched
+	for x.sc.Scan() {
+		line := x.sc.Text()
+		addBucketLine(own, line)
+		if strings.HasPrefix(line, "ops ") {
+			s1, err = rt.Sched() // the target holds on for a second
+			break
+		}
+	}
+	if s1 == nil {
+		return nil, fmt.Errorf("storm ended without its counts: %v", err)
+	}
+	r := &accRun{own: own}
+	if r.win, err = g.finish(); err != nil {
+		return nil, err
+	}
+	mem, _ := s1.TimeToRun.Sub(s0.TimeToRun)
+	r.mem = &mem
+
+	tmp := filepath.Join(os.TempDir(), fmt.Sprintf("storm-acc-%d.trace", os.Getpid()))
+	out, err := exec.Command(bin, "-d", dur.String(), "-trace", tmp, "-metrics").Output()
+	if err != nil {
+		os.Remove(tmp)
+		return nil, err
+	}
+	r.tracedOwn = newHist(rt.HistFormat())
+	for _, line := range strings.Split(string(out), "\n") {
+		addBucketLine(r.tracedOwn, line)
+	}
+	r.trace, err = traceLatencies(tmp)
+	return r, err
+}
+
+// accuracyHTTP: the server answers its own histogram at /latencies, read
+// around the load together with gmpwatch's read of its memory.
+func accuracyHTTP(bin string, cal *ebpf.Calibration) (*accRun, error) {
+	x, l, err := start(bin, "listening 127.0.0.1:", "-d", "2m")
+	if err != nil {
+		return nil, err
+	}
+	defer x.kill()
+	addr := strings.TrimPrefix(l, "listening ")
+	g, err := startGmp(x.cmd.Process.Pid, "default", cal)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := rtstate.Open(g.plan)
+	if err != nil {
+		return nil, err
+	}
+	defer rt.Close()
+	f := rt.HistFormat()
+	own0, err := serverLatencies(addr, f)
+	if err != nil {
+		return nil, err
+	}
+	s0, err := rt.Sched()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := load(addr, *dur); err != nil {
+		return nil, err
+	}
+	s1, err := rt.Sched()
+	if err != nil {
+		return nil, err
+	}
+	own1, err := serverLatencies(addr, f)
+	if err != nil {
+		return nil, err
+	}
+	r := &accRun{}
+	if r.win, err = g.finish(); err != nil {
+		return nil, err
+	}
+	mem, _ := s1.TimeToRun.Sub(s0.TimeToRun)
+	own, _ := own1.Sub(*own0)
+	r.mem, r.own = &mem, &own
+	x.in.Close()
+
+	tmp := filepath.Join(os.TempDir(), fmt.Sprintf("http-acc-%d.trace", os.Getpid()))
+	y, l, err := start(bin, "listening 127.0.0.1:", "-d", "2m", "-trace", tmp)
+	if err != nil {
+		return nil, err
+	}
+	defer y.kill()
+	addr = strings.TrimPrefix(l, "listening ")
+	t0, err := serverLatencies(addr, f)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := load(addr, *dur); err != nil {
+		return nil, err
+	}
+	t1, err := serverLatencies(addr, f)
+	if err != nil {
+		return nil, err
+	}
+	tracedOwn, _ := t1.Sub(*t0)
+	r.tracedOwn = &tracedOwn
+	y.in.Close()
+	if _, _, err := y.finish(""); err != nil {
+		return nil, err
+	}
+	r.trace, err = traceLatencies(tmp)
+	return r, err
+}
+
+// serverLatencies fetches the HTTP server's own histogram (/latencies).
+func serverLatencies(addr string, f rtstate.HistFormat) (*rtstate.Histogram, error) {
+	resp, err := http.Get("http://" + addr + "/latencies")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	h := newHist(f)
+	for _, line := range strings.Split(string(b), "\n") {
+		addBucketLine(h, line)
+	}
+	return h, nil
 }
 
 func ns(v float64) string { return sched.FormatNs(uint64(v)) }

@@ -4,7 +4,10 @@
 // GET /sleep (a 1 ms timer: a parked goroutine per request), and exits when
 // its standard input closes or after -d, printing "served N".
 //
-// With -trace FILE the runtime's execution tracer records the run.
+// With -trace FILE the runtime's execution tracer records the run. GET
+// /latencies answers the runtime's own scheduling-latency histogram
+// (/sched/latencies:seconds, cumulative): "latency-bucket LO HI N" per
+// non-empty bucket (seconds), then "latency-count N".
 package main
 
 import (
@@ -17,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/metrics"
 	"runtime/trace"
 	"strconv"
 	"sync/atomic"
@@ -54,6 +58,19 @@ func main() {
 		served.Add(1)
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]any{"n": n, "sum": hex.EncodeToString(sum[:])})
+	})
+	mux.HandleFunc("/latencies", func(w http.ResponseWriter, r *http.Request) {
+		m := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+		metrics.Read(m)
+		h := m[0].Value.Float64Histogram()
+		var total uint64
+		for i, c := range h.Counts {
+			if c > 0 {
+				total += c
+				fmt.Fprintf(w, "latency-bucket %g %g %d\n", h.Buckets[i], h.Buckets[i+1], c)
+			}
+		}
+		fmt.Fprintf(w, "latency-count %d\n", total)
 	})
 	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(time.Millisecond)
