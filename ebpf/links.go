@@ -3,7 +3,6 @@ package ebpf
 import (
 	"errors"
 	"os"
-	"strconv"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -100,11 +99,4 @@ func closeLinks(links []link.Link) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
-}
-
-func (k LinkKind) String() string {
-	if k == "" {
-		return strconv.Quote("")
-	}
-	return string(k)
 }

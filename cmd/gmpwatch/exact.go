@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/gmpwatch/gmpwatch/analysis/plan"
 	"github.com/gmpwatch/gmpwatch/analysis/rtstate"
@@ -15,7 +16,8 @@ import (
 // (the zero-overhead sampler): exact whatever the probes' duty cycle under
 // an overhead budget (budget.ExactFigures). Counts cover the period.
 type runtimeFigures struct {
-	// Goroutines by status and "total", at the end of the period.
+	// Goroutines by status and "total", from the last scan of allgs (see
+	// runtimeSampler: a costly read, repeated less often on big programs).
 	Goroutines map[string]int `json:"goroutines"`
 	// Created counts goroutines created in the period (go1.26+; null on
 	// releases that do not count them).
@@ -38,6 +40,11 @@ type runtimeSampler struct {
 	first, prev *statLine
 	firstS      *rtstate.Sched
 	prevS       *rtstate.Sched
+	// The goroutine scan (allgs) is the costly read: it is repeated every
+	// scanEvery intervals, about 1% of the time at a 1 s interval (a
+	// million goroutines take a second).
+	lastScan             *rtstate.GScan
+	sinceScan, scanEvery int
 }
 
 // newRuntimeSampler opens p's memory and, unless fromStart, takes the first
@@ -67,7 +74,18 @@ func (rs *runtimeSampler) interval(ctx context.Context) *runtimeFigures {
 	if rs == nil || !rs.started() {
 		return nil
 	}
-	l, s, err := readStat(ctx, rs.t, rs.prevS)
+	var gs *rtstate.GScan
+	rs.sinceScan++
+	if rs.lastScan == nil || rs.sinceScan >= rs.scanEvery {
+		start := time.Now()
+		var err error
+		if gs, err = rs.t.rt.Goroutines(ctx, rtstate.ScanOptions{}); err != nil {
+			return nil
+		}
+		rs.lastScan, rs.sinceScan = gs, 0
+		rs.scanEvery = 1 + int(time.Since(start)/(10*time.Millisecond))
+	}
+	l, s, err := readStatScan(ctx, rs.t, rs.prevS, rs.lastScan)
 	if err != nil {
 		return nil
 	}

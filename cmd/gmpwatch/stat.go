@@ -221,13 +221,20 @@ func latencyOf(h rtstate.Histogram) schedLatency {
 // readStat reads the scheduler and the goroutines once and builds a line;
 // the latency is the difference with prev, or since start without one.
 func readStat(ctx context.Context, t *target, prev *rtstate.Sched) (*statLine, *rtstate.Sched, error) {
+	return readStatScan(ctx, t, prev, nil)
+}
+
+// readStatScan is readStat with the goroutines of an earlier scan when gs
+// is not nil.
+func readStatScan(ctx context.Context, t *target, prev *rtstate.Sched, gs *rtstate.GScan) (*statLine, *rtstate.Sched, error) {
 	s, err := t.rt.Sched()
 	if err != nil {
 		return nil, nil, err
 	}
-	gs, err := t.rt.Goroutines(ctx, rtstate.ScanOptions{})
-	if err != nil {
-		return nil, nil, err
+	if gs == nil {
+		if gs, err = t.rt.Goroutines(ctx, rtstate.ScanOptions{}); err != nil {
+			return nil, nil, err
+		}
 	}
 	l := &statLine{
 		GOMAXPROCS:      s.GOMAXPROCS,
