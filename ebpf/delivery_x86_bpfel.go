@@ -21,6 +21,7 @@ const (
 	deliveryProgDeliverEvents = "deliver_events"
 	deliveryVarNextSeq        = "next_seq"
 	deliveryVarWakeupBytes    = "wakeup_bytes"
+	deliveryVarWokenAt        = "woken_at"
 )
 
 // loadDelivery returns the embedded CollectionSpec for delivery.
@@ -82,6 +83,7 @@ type deliveryMapSpecs struct {
 type deliveryVariableSpecs struct {
 	NextSeq     *ebpf.VariableSpec `ebpf:"next_seq"`
 	WakeupBytes *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	WokenAt     *ebpf.VariableSpec `ebpf:"woken_at"`
 }
 
 // deliveryObjects contains all objects after they have been loaded into the kernel.
@@ -121,6 +123,7 @@ func (m *deliveryMaps) Close() error {
 type deliveryVariables struct {
 	NextSeq     *ebpf.Variable `ebpf:"next_seq"`
 	WakeupBytes *ebpf.Variable `ebpf:"wakeup_bytes"`
+	WokenAt     *ebpf.Variable `ebpf:"woken_at"`
 }
 
 // deliveryPrograms contains all programs after they have been loaded into the kernel.

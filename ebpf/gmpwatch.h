@@ -209,13 +209,24 @@ static __always_inline struct gmp_event *reserve(void)
 	return e;
 }
 
-/* submit queues an event without waking the reader (it polls) unless
- * wakeup_bytes wait. */
+/* The reader's position at the last forced wakeup (racy across CPUs: at
+ * worst a wakeup too many). */
+__u64 woken_at = ~0ULL;
+
+/* submit queues an event without waking the reader (it polls every 20 ms)
+ * unless wakeup_bytes wait, and then once per position of the reader: a
+ * reader that lags would otherwise be woken by every submit, several µs of
+ * the target's time each. */
 static __always_inline void submit(struct gmp_event *e)
 {
 	__u64 flags = BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
-		flags = BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes) {
+		__u64 cons = bpf_ringbuf_query(&events, BPF_RB_CONS_POS);
+		if (cons != woken_at) {
+			woken_at = cons;
+			flags = BPF_RB_FORCE_WAKEUP;
+		}
+	}
 	bpf_ringbuf_submit(e, flags);
 }
 

@@ -137,6 +137,7 @@ const (
 	gmpwatchVarTargetTgid          = "target_tgid"
 	gmpwatchVarUnusedGmpEvent      = "unused_gmp_event"
 	gmpwatchVarWakeupBytes         = "wakeup_bytes"
+	gmpwatchVarWokenAt             = "woken_at"
 )
 
 // loadGmpwatch returns the embedded CollectionSpec for gmpwatch.
@@ -253,6 +254,7 @@ type gmpwatchVariableSpecs struct {
 	TargetTgid          *ebpf.VariableSpec `ebpf:"target_tgid"`
 	UnusedGmpEvent      *ebpf.VariableSpec `ebpf:"unused_gmp_event"`
 	WakeupBytes         *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	WokenAt             *ebpf.VariableSpec `ebpf:"woken_at"`
 }
 
 // gmpwatchObjects contains all objects after they have been loaded into the kernel.
@@ -336,6 +338,7 @@ type gmpwatchVariables struct {
 	TargetTgid          *ebpf.Variable `ebpf:"target_tgid"`
 	UnusedGmpEvent      *ebpf.Variable `ebpf:"unused_gmp_event"`
 	WakeupBytes         *ebpf.Variable `ebpf:"wakeup_bytes"`
+	WokenAt             *ebpf.Variable `ebpf:"woken_at"`
 }
 
 // gmpwatchPrograms contains all programs after they have been loaded into the kernel.
