@@ -196,6 +196,17 @@ func (opts *Options) setAggregateVars(spec *ebpf.CollectionSpec) error {
 	if err := setVar(spec, "aggregate", boolByte(!opts.NoAggregate)); err != nil {
 		return err
 	}
+	var off uint64
+	for _, name := range opts.NoStreamPrograms {
+		i := progIndex(name)
+		if i < 0 {
+			return fmt.Errorf("attach: no-stream %w %q", ErrUnknownProgram, name)
+		}
+		off |= 1 << i
+	}
+	if err := setVar(spec, "stream_off", off); err != nil {
+		return err
+	}
 	if opts.NoStream {
 		spec.Maps["events"].MaxEntries = uint32(ringSize(1))
 		spec.Maps["stacks"].MaxEntries = 1

@@ -2,6 +2,7 @@ package ebpf
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	ciliumebpf "github.com/cilium/ebpf"
 
+	"github.com/gmpwatch/gmpwatch/analysis/event"
 	"github.com/gmpwatch/gmpwatch/analysis/gobin"
 	"github.com/gmpwatch/gmpwatch/analysis/plan"
 	"github.com/gmpwatch/gmpwatch/analysis/rtstate"
@@ -561,5 +563,51 @@ func BenchmarkProbeCostAggregate(b *testing.B) {
 			b.ReportMetric(float64(base)/float64(b.N)/1e6, "base-cpu-ms/op")
 			b.ReportMetric(float64(lost), "lost")
 		})
+	}
+}
+
+// TestNoStreamPrograms: the programs named in NoStreamPrograms write no
+// event while the others stream; what they see is in the aggregates, exact.
+func TestNoStreamPrograms(t *testing.T) {
+	testtarget.RequireRoot(t)
+	const n = 300
+	bin := testtarget.Build(t, "spawn", testtarget.Go126, testtarget.Plain)
+	b := openBin(t, bin)
+	tg := startTarget(t, bin, nil, "-n", strconv.Itoa(n))
+	tg.expect(t, "ready")
+	p, err := plan.FromProcess(tg.cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := trace(t, p, Options{NoStacks: true, NoStreamPrograms: []string{"ready", "newproc_runqput", "newproc1_ret", "injectglist"}})
+	tg.send(t)
+	site := strings.TrimPrefix(tg.expect(t, "site "), "site ")
+	tg.expect(t, "done ")
+	tg.wait(t)
+	evs, st := c.stop(t)
+	checkStats(t, st)
+	a, err := c.tr.Aggregates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Hits["newproc_runqput"] < n || st.Hits["ready"] == 0 {
+		t.Fatalf("hits %v: the silenced programs did not run", st.Hits)
+	}
+	kinds := map[event.Kind]int{}
+	for _, ev := range evs {
+		kinds[ev.Kind]++
+	}
+	if kinds[event.KindGoCreate] != 0 || kinds[event.KindGoUnpark] != 0 {
+		t.Errorf("%d GoCreate and %d GoUnpark streamed by silenced programs", kinds[event.KindGoCreate], kinds[event.KindGoUnpark])
+	}
+	if kinds[event.KindGoStart] < n || kinds[event.KindGoExit] < n {
+		t.Errorf("%d GoStart, %d GoExit: the other programs must stream", kinds[event.KindGoStart], kinds[event.KindGoExit])
+	}
+	pcs := siteAt(b, p, a, site)
+	if len(pcs) != 1 || a.Sites[pcs[0]] != (SiteAgg{Created: n, Exited: n}) {
+		t.Errorf("site %s: pcs %v, sites %v; want %d created and exited", site, pcs, a.Sites, n)
+	}
+	if _, err := Attach(p, Options{NoStreamPrograms: []string{"nosuch"}}); !errors.Is(err, ErrUnknownProgram) {
+		t.Errorf("unknown program: %v, want ErrUnknownProgram", err)
 	}
 }

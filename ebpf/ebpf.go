@@ -153,6 +153,12 @@ type Options struct {
 	// updates, 0.1 to 0.45 µs of BPF time per hit on the test machine
 	// against 6 to 10 µs for the whole hit (BenchmarkProbeCostAggregate).
 	NoAggregate bool
+	// NoStreamPrograms write no event although the stream is on: what
+	// they see reaches user space through the aggregates only. Of the
+	// default programs, ready, newproc_runqput, newproc1_ret and
+	// injectglist feed nothing but the aggregates' figures (latency, waits,
+	// sites) and the goroutine counts.
+	NoStreamPrograms []string
 }
 
 // DefaultStackEntries is the default size of the stack map: 32768 stacks of

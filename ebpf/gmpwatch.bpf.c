@@ -62,6 +62,9 @@ const volatile __u32 inject_max = 65536;
 /* Write events to the ring buffer. 0: aggregate-only, the programs update
  * the counters and the aggregates below and write nothing (nor take stacks). */
 const volatile __u8 stream_events = 1;
+/* Programs (bit 1 << PROG_x) that write no event although stream_events is
+ * on: their figures come from the aggregates (a live view under a budget). */
+const volatile __u64 stream_off = 0;
 /* Keep the in-kernel aggregates (runnable_since, sched_lat, parked_since,
  * wait_stats, site_counts). 0: none of their map operations run (the
  * verifier drops the code). */
@@ -180,6 +183,12 @@ static __always_inline void hit(__u32 prog)
 	__u64 *v = bpf_map_lookup_elem(&hits, &prog);
 	if (v)
 		*v += 1;
+}
+
+/* streams says whether program prog writes events. */
+static __always_inline int streams(__u32 prog)
+{
+	return stream_events && !(stream_off & (1ULL << prog));
 }
 
 static __always_inline void count_refire(__u32 prog)
@@ -619,11 +628,11 @@ int ready(struct pt_regs *ctx)
 	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_READY, tid, GO_G(ctx), gp, 0))
 		return 0;
 	goid = rd64(gp, off_g_goid);
-	if (stream_events)
+	if (streams(PROG_READY))
 		locate(ctx, &h, tid);
 	now = bpf_ktime_get_ns();
 	agg_unpark(goid, now);
-	if (!stream_events)
+	if (!streams(PROG_READY))
 		return 0;
 	e = reserve();
 	if (!e)
@@ -711,13 +720,13 @@ static __always_inline int go_create(struct pt_regs *ctx, __u32 prog, __u64 newg
 	goid = rd64(newg, off_g_goid);
 	gopc = rd64(newg, off_g_gopc);
 	parked = check_parked && (rd32(newg, off_g_status) & ~0x1000u) == 4;
-	if (stream_events)
+	if (streams(prog))
 		locate(ctx, &h, tid);
 	now = bpf_ktime_get_ns();
 	agg_site(gopc, 0);
 	if (!parked)
 		agg_runnable(goid, now);
-	if (!stream_events)
+	if (!streams(prog))
 		return 0;
 	e = reserve();
 	if (!e)
@@ -800,7 +809,7 @@ static long inject_one(__u64 i, void *data)
 	goid = rd64(c->gp, off_g_goid);
 	now = bpf_ktime_get_ns();
 	agg_unpark(goid, now);
-	if (stream_events) {
+	if (streams(PROG_INJECTGLIST)) {
 		e = reserve();
 		if (e) {
 			*e = c->tmpl;
@@ -826,12 +835,12 @@ int injectglist(struct pt_regs *ctx)
 	hit(PROG_INJECTGLIST);
 	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_INJECTGLIST, tid, GO_G(ctx), GO_ARG1(ctx), 0))
 		return 0;
-	if (!stream_events && !aggregate)
+	if (!streams(PROG_INJECTGLIST) && !aggregate)
 		return 0;
 	c.gp = rd64(GO_ARG1(ctx), off_glist_head);
 	if (!c.gp)
 		return 0;
-	if (stream_events) {
+	if (streams(PROG_INJECTGLIST)) {
 		locate(ctx, &h, tid);
 		fill(&c.tmpl, &h, GMP_GO_UNPARK);
 		c.tmpl.aux = rd64(user_g(&h), off_g_goid);

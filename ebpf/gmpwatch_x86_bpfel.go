@@ -134,6 +134,7 @@ const (
 	gmpwatchVarOffP_status         = "off_p_status"
 	gmpwatchVarPsyscallStatus      = "psyscall_status"
 	gmpwatchVarStreamEvents        = "stream_events"
+	gmpwatchVarStreamOff           = "stream_off"
 	gmpwatchVarTargetTgid          = "target_tgid"
 	gmpwatchVarUnusedGmpEvent      = "unused_gmp_event"
 	gmpwatchVarWakeupBytes         = "wakeup_bytes"
@@ -251,6 +252,7 @@ type gmpwatchVariableSpecs struct {
 	OffP_status         *ebpf.VariableSpec `ebpf:"off_p_status"`
 	PsyscallStatus      *ebpf.VariableSpec `ebpf:"psyscall_status"`
 	StreamEvents        *ebpf.VariableSpec `ebpf:"stream_events"`
+	StreamOff           *ebpf.VariableSpec `ebpf:"stream_off"`
 	TargetTgid          *ebpf.VariableSpec `ebpf:"target_tgid"`
 	UnusedGmpEvent      *ebpf.VariableSpec `ebpf:"unused_gmp_event"`
 	WakeupBytes         *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -335,6 +337,7 @@ type gmpwatchVariables struct {
 	OffP_status         *ebpf.Variable `ebpf:"off_p_status"`
 	PsyscallStatus      *ebpf.Variable `ebpf:"psyscall_status"`
 	StreamEvents        *ebpf.Variable `ebpf:"stream_events"`
+	StreamOff           *ebpf.Variable `ebpf:"stream_off"`
 	TargetTgid          *ebpf.Variable `ebpf:"target_tgid"`
 	UnusedGmpEvent      *ebpf.Variable `ebpf:"unused_gmp_event"`
 	WakeupBytes         *ebpf.Variable `ebpf:"wakeup_bytes"`
