@@ -220,16 +220,7 @@ func (m *Model) report(kind string, slot int, now uint64) *Report {
 		}
 		r.WaitReasons = append(r.WaitReasons, wr)
 	}
-	sort.SliceStable(r.WaitReasons, func(i, j int) bool {
-		a, b := r.WaitReasons[i], r.WaitReasons[j]
-		if a.TotalNs != b.TotalNs {
-			return a.TotalNs > b.TotalNs
-		}
-		if a.WaitingNow != b.WaitingNow {
-			return a.WaitingNow > b.WaitingNow
-		}
-		return a.Reason < b.Reason
-	})
+	sortWaitReasons(r.WaitReasons)
 
 	r.CreationSites = []Site{}
 	for _, s := range m.sites {
@@ -240,7 +231,7 @@ func (m *Model) report(kind string, slot int, now uint64) *Report {
 			Function: s.frame.Func,
 			File:     s.frame.File,
 			Line:     s.frame.Line,
-			PC:       fmt.Sprintf("%#x", s.pc),
+			PC:       hexPC(s.pc),
 			Created:  s.created[slot],
 			Exited:   s.exited[slot],
 		}
@@ -252,16 +243,7 @@ func (m *Model) report(kind string, slot int, now uint64) *Report {
 		}
 		r.CreationSites = append(r.CreationSites, st)
 	}
-	sort.SliceStable(r.CreationSites, func(i, j int) bool {
-		a, b := r.CreationSites[i], r.CreationSites[j]
-		if a.Alive != b.Alive {
-			return a.Alive > b.Alive
-		}
-		if a.Created != b.Created {
-			return a.Created > b.Created
-		}
-		return a.PC < b.PC
-	})
+	sortSites(r.CreationSites)
 
 	r.Procs = []Proc{}
 	for _, ps := range m.ps {
@@ -295,3 +277,6 @@ func (m *Model) report(kind string, slot int, now uint64) *Report {
 	})
 	return r
 }
+
+// hexPC renders a site's PC as reports show it.
+func hexPC(pc uint64) string { return fmt.Sprintf("%#x", pc) }

@@ -7,9 +7,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gmpwatch/gmpwatch/analysis/event"
 	"github.com/gmpwatch/gmpwatch/analysis/plan"
 	"github.com/gmpwatch/gmpwatch/analysis/rtstate"
 	"github.com/gmpwatch/gmpwatch/analysis/sched"
+	"github.com/gmpwatch/gmpwatch/ebpf"
 )
 
 // runtimeFigures are what the runtime counts itself, read from its memory
@@ -104,6 +106,14 @@ func (rs *runtimeSampler) total(ctx context.Context) *runtimeFigures {
 	return figuresBetween(rs.first, rs.prev, rs.firstS, rs.prevS)
 }
 
+// scan returns the last scan of the goroutines, nil if none.
+func (rs *runtimeSampler) scan() *rtstate.GScan {
+	if rs == nil {
+		return nil
+	}
+	return rs.lastScan
+}
+
 func (rs *runtimeSampler) close() {
 	if rs != nil {
 		rs.t.close()
@@ -147,4 +157,61 @@ func writeRuntimeFigures(w io.Writer, f *runtimeFigures) error {
 		sched.FormatNs(uint64(l.P50)), sched.FormatNs(uint64(l.P90)), sched.FormatNs(uint64(l.P99)), l.Count)
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// kernelOnlyPrograms are the programs a live view under a budget keeps from
+// streaming: what they see (creations, unparks) feeds only figures the
+// in-kernel aggregates give — latency, waits, creation sites.
+var kernelOnlyPrograms = []string{"ready", "newproc_runqput", "newproc1_ret", "injectglist"}
+
+// kernelFigures turns a period's aggregates and the last scan of the
+// goroutines (nil: none) into the model's KernelFigures.
+func kernelFigures(a *ebpf.Aggregates, scan *rtstate.GScan) *sched.KernelFigures {
+	k := &sched.KernelFigures{Latency: a.SchedLatency, Waits: map[uint8]sched.WaitCount{}, Sites: map[uint64]sched.SiteCount{}}
+	for r, w := range a.Waits {
+		k.Waits[r] = sched.WaitCount{Ended: w.Ended, TotalNs: w.TotalNs}
+	}
+	for pc, s := range a.Sites {
+		k.Sites[pc] = sched.SiteCount{Created: s.Created, Exited: s.Exited}
+	}
+	if scan != nil {
+		k.ByStatus = scan.Counts()
+		k.AliveBySite, k.WaitingByReason = map[uint64]uint64{}, map[uint8]uint64{}
+		for _, g := range scan.Goroutines {
+			k.AliveBySite[g.GoPC]++
+			if g.Status == event.StatusWaiting {
+				k.WaitingByReason[g.WaitReason]++
+			}
+		}
+	}
+	return k
+}
+
+// kernelReader reads the aggregates each period.
+type kernelReader struct {
+	tr   *ebpf.Tracer
+	prev *ebpf.Aggregates
+}
+
+// interval returns the aggregates since the last call; nil if unreadable.
+func (kr *kernelReader) interval() *ebpf.Aggregates {
+	a, err := kr.tr.Aggregates()
+	if err != nil {
+		return nil
+	}
+	d := a
+	if kr.prev != nil {
+		d = a.Sub(kr.prev)
+	}
+	kr.prev = a
+	return d
+}
+
+// total returns the aggregates since the attach; nil if unreadable.
+func (kr *kernelReader) total() *ebpf.Aggregates {
+	a, err := kr.tr.Aggregates()
+	if err != nil {
+		return nil
+	}
+	return a
 }

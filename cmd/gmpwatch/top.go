@@ -96,7 +96,15 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 		}()
 		childOut, childErr = logf, logf
 	}
-	sess, err := session.Start(session.Config{PID: f.pid, Command: f.cmd, NoStacks: true, Stdin: childIn, Stdout: childOut, Stderr: childErr})
+	// Under a budget, the figures that need no per-event record come from
+	// the in-kernel aggregates, and the programs that feed nothing else
+	// stream no event.
+	budgeted := !f.overhead.Max
+	cfg := session.Config{PID: f.pid, Command: f.cmd, NoStacks: true, Stdin: childIn, Stdout: childOut, Stderr: childErr}
+	if budgeted {
+		cfg.Aggregates, cfg.NoStreamPrograms = true, kernelOnlyPrograms
+	}
+	sess, err := session.Start(cfg)
 	if err != nil {
 		return err
 	}
@@ -114,7 +122,9 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 	// told, so it measures nothing across the time they were off.
 	var win *ebpf.Windowed
 	var exact *runtimeSampler
-	if !f.overhead.Max {
+	var kern *kernelReader
+	if budgeted {
+		kern = &kernelReader{tr: sess.Tracer}
 		cal, err := ebpf.Calibrated("")
 		if err != nil {
 			return fmt.Errorf("calibrate the probe cost: %w", err)
@@ -203,12 +213,20 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 	if err := sess.Loop(ctx, f.duration, f.interval, func() error {
 		now := session.MonotonicNow()
 		lost := sess.Stats().Lost
+		rt := exact.interval(ctx)
+		var agg *ebpf.Aggregates
+		if kern != nil {
+			agg = kern.interval()
+		}
 		sess.Lock()
 		model.SetLost(lost)
 		r := model.Snapshot(now)
+		if agg != nil {
+			model.UseKernel(r, kernelFigures(agg, exact.scan()))
+		}
 		model.Reset(now)
 		sess.Unlock()
-		if err := emit(r, exact.interval(ctx)); err != nil {
+		if err := emit(r, rt); err != nil {
 			return fmt.Errorf("write: %w", err)
 		}
 		return nil
@@ -219,11 +237,17 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 	// Drain what the ring buffer holds, detach every probe, report.
 	now := session.MonotonicNow()
 	readErr := sess.Stop()
+	rt := exact.total(context.Background())
 	sess.Lock()
 	model.SetLost(sess.Stats().Lost)
 	final := model.Total(now)
+	if kern != nil {
+		if agg := kern.total(); agg != nil {
+			model.UseKernel(final, kernelFigures(agg, exact.scan()))
+		}
+	}
 	sess.Unlock()
-	if err := emit(final, exact.total(context.Background())); err != nil {
+	if err := emit(final, rt); err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
 	return readErr

@@ -735,6 +735,25 @@ func TestTopOverheadBudget(t *testing.T) {
 	if rt.SchedLatency.Count == 0 {
 		t.Errorf("the runtime's own latency histogram is empty")
 	}
+
+	// Latency, waits and sites come from the in-kernel aggregates (the
+	// creations and unparks are not streamed), alive counts from memory.
+	var created, alive uint64
+	var spawnSite bool
+	for _, st := range final.CreationSites {
+		created += st.Created
+		alive += st.Alive
+		spawnSite = spawnSite || (strings.HasPrefix(st.Function, "main.main.func") && st.Created > 0)
+	}
+	if created != final.Goroutines.Created || created == 0 || !spawnSite {
+		t.Errorf("sites created %d, goroutines created %d, storm's go statements seen %v", created, final.Goroutines.Created, spawnSite)
+	}
+	if alive != final.Goroutines.Alive || alive == 0 {
+		t.Errorf("alive by site %d, goroutines alive %d: want one scan of memory for both", alive, final.Goroutines.Alive)
+	}
+	if final.SchedLatency.Count == 0 || len(final.SchedLatency.Histogram) == 0 {
+		t.Errorf("no latency from the kernel's histogram: %+v", final.SchedLatency)
+	}
 	t.Logf("sched latency: windows p50 %s p99 %s (%d); runtime p50 %s p99 %s (%d)",
 		sched.FormatNs(final.SchedLatency.P50Ns), sched.FormatNs(final.SchedLatency.P99Ns), final.SchedLatency.Count,
 		sched.FormatNs(uint64(rt.SchedLatency.P50)), sched.FormatNs(uint64(rt.SchedLatency.P99)), rt.SchedLatency.Count)

@@ -55,6 +55,11 @@ type Config struct {
 	// count, and streams no event: for figures that need no per-event
 	// record (Tracer.Aggregates, Stats). Programs is then ignored.
 	AggregateOnly bool
+	// Aggregates keeps the in-kernel aggregates next to the stream, and
+	// NoStreamPrograms names programs that stream nothing (their figures
+	// are in the aggregates): see ebpf.Options.
+	Aggregates       bool
+	NoStreamPrograms []string
 }
 
 // Session is an attached tracing session.
@@ -150,7 +155,7 @@ func Start(cfg Config) (s *Session, err error) {
 	// The in-kernel aggregates cost each hit 0.1-0.45 µs of BPF time; only
 	// aggregate-only sessions read them.
 	opts := ebpf.Options{PID: pid, Programs: cfg.Programs, RingBytes: cfg.RingBytes, NoStacks: cfg.NoStacks,
-		NoAggregate: !cfg.AggregateOnly}
+		NoAggregate: !cfg.AggregateOnly && !cfg.Aggregates, NoStreamPrograms: cfg.NoStreamPrograms}
 	if cfg.AggregateOnly {
 		opts.NoStream, opts.NoStacks = true, true
 		opts.Programs = ebpf.AggregateProgramsFor(s.Plan)
