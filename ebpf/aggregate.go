@@ -72,6 +72,12 @@ var ErrNoAggregates = errors.New("tracer attached without in-kernel aggregates")
 // the target their traps.
 var AggregatePrograms = []string{"execute", "gopark", "ready", "goschedImpl", "goexit0", "newproc_runqput", "injectglist"}
 
+// KernelOnlyPrograms are the default programs whose events feed nothing
+// but figures the aggregates give (creations and unparks: latency, waits,
+// creation sites, goroutines created): a tracer that reads the aggregates
+// can name them in Options.NoStreamPrograms.
+var KernelOnlyPrograms = []string{"ready", "newproc_runqput", "newproc1_ret", "injectglist"}
+
 // AggregateProgramsFor returns the programs that feed the aggregates for the
 // binary of p: the probe-points runtime patch's one attach point when the
 // binary carries it, else those of AggregatePrograms that p has probes for

@@ -579,7 +579,7 @@ func TestNoStreamPrograms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := trace(t, p, Options{NoStacks: true, NoStreamPrograms: []string{"ready", "newproc_runqput", "newproc1_ret", "injectglist"}})
+	c := trace(t, p, Options{NoStacks: true, NoStreamPrograms: KernelOnlyPrograms})
 	tg.send(t)
 	site := strings.TrimPrefix(tg.expect(t, "site "), "site ")
 	tg.expect(t, "done ")

@@ -43,6 +43,8 @@ var ExactFigures = []string{
 	"goroutines by status",
 	"threads",
 	"gc cycles (memstats.numgc)",
+	"creation sites: alive (allgs scan)",
+	"wait reasons: waiting now (allgs scan)",
 	"runtime sched latency (sched.timeToRun, the runtime samples 1 in 8)",
 }
 

@@ -159,11 +159,6 @@ func writeRuntimeFigures(w io.Writer, f *runtimeFigures) error {
 	return err
 }
 
-// kernelOnlyPrograms are the programs a live view under a budget keeps from
-// streaming: what they see (creations, unparks) feeds only figures the
-// in-kernel aggregates give — latency, waits, creation sites.
-var kernelOnlyPrograms = []string{"ready", "newproc_runqput", "newproc1_ret", "injectglist"}
-
 // kernelFigures turns a period's aggregates and the last scan of the
 // goroutines (nil: none) into the model's KernelFigures.
 func kernelFigures(a *ebpf.Aggregates, scan *rtstate.GScan) *sched.KernelFigures {

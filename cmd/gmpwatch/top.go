@@ -102,7 +102,7 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 	budgeted := !f.overhead.Max
 	cfg := session.Config{PID: f.pid, Command: f.cmd, NoStacks: true, Stdin: childIn, Stdout: childOut, Stderr: childErr}
 	if budgeted {
-		cfg.Aggregates, cfg.NoStreamPrograms = true, kernelOnlyPrograms
+		cfg.Aggregates, cfg.NoStreamPrograms = true, ebpf.KernelOnlyPrograms
 	}
 	sess, err := session.Start(cfg)
 	if err != nil {

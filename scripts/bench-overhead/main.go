@@ -284,8 +284,14 @@ func startGmp(pid int, cfg string, cal *ebpf.Calibration) (*gmp, error) {
 	if err != nil {
 		return nil, err
 	}
-	// As the live view: no stacks, no in-kernel aggregates (it reads none).
-	tr, err := ebpf.Attach(p, ebpf.Options{PID: pid, Programs: strings.Split(*progList, ","), NoStacks: true, NoAggregate: true})
+	// As the live view: no stacks; under a budget the aggregates give
+	// latency, waits and sites, and the programs feeding only them stream
+	// nothing; every event (max) streams everything without aggregates.
+	opts := ebpf.Options{PID: pid, Programs: strings.Split(*progList, ","), NoStacks: true, NoAggregate: cfg == "max"}
+	if cfg != "max" {
+		opts.NoStreamPrograms = ebpf.KernelOnlyPrograms
+	}
+	tr, err := ebpf.Attach(p, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -322,13 +328,20 @@ func startGmp(pid int, cfg string, cal *ebpf.Calibration) (*gmp, error) {
 	return g, nil
 }
 
-// finish stops gmpwatch and returns the scheduling latency its windows saw.
+// finish stops gmpwatch and returns the scheduling latency its windows saw,
+// from the in-kernel aggregates as the live view reports it.
 func (g *gmp) finish() (sched.Latency, error) {
 	var r result
 	err := g.stop(&r)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.model.Total(uint64(rtstate.MonoNow())).SchedLatency, err
+	rep := g.model.Total(uint64(rtstate.MonoNow()))
+	agg, aerr := g.tr.Aggregates()
+	if aerr != nil {
+		return rep.SchedLatency, errors.Join(err, aerr)
+	}
+	g.model.UseKernel(rep, &sched.KernelFigures{Latency: agg.SchedLatency})
+	return rep.SchedLatency, err
 }
 
 func (g *gmp) stop(r *result) error {
