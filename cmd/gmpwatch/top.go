@@ -123,6 +123,7 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 	var win *ebpf.Windowed
 	var exact *runtimeSampler
 	var kern *kernelReader
+	stopWindows := func() {}
 	if budgeted {
 		kern = &kernelReader{tr: sess.Tracer}
 		cal, err := ebpf.Calibrated("")
@@ -143,8 +144,18 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 			return err
 		}
 		wctx, wstop := context.WithCancel(ctx)
-		defer wstop()
-		go win.Run(wctx)
+		winDone := make(chan struct{})
+		go func() {
+			defer close(winDone)
+			win.Run(wctx)
+		}()
+		// The windows end before the trace's end is taken, so that no
+		// window closes after it (a busy span would outlast the trace).
+		stopWindows = func() {
+			wstop()
+			<-winDone
+		}
+		defer stopWindows()
 		// The figures the runtime counts itself stay exact: read them
 		// from its memory each interval.
 		exact = newRuntimeSampler(ctx, p, sess.Launched())
@@ -235,6 +246,7 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 	}
 
 	// Drain what the ring buffer holds, detach every probe, report.
+	stopWindows()
 	now := session.MonotonicNow()
 	readErr := sess.Stop()
 	rt := exact.total(context.Background())
