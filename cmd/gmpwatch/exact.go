@@ -76,15 +76,14 @@ func (rs *runtimeSampler) interval(ctx context.Context) *runtimeFigures {
 	if rs == nil || !rs.started() {
 		return nil
 	}
-	var gs *rtstate.GScan
 	rs.sinceScan++
 	if rs.lastScan == nil || rs.sinceScan >= rs.scanEvery {
 		start := time.Now()
-		var err error
-		if gs, err = rs.t.rt.Goroutines(ctx, rtstate.ScanOptions{}); err != nil {
+		sc, err := rs.t.rt.Goroutines(ctx, rtstate.ScanOptions{})
+		if err != nil {
 			return nil
 		}
-		rs.lastScan, rs.sinceScan = gs, 0
+		rs.lastScan, rs.sinceScan = sc, 0
 		rs.scanEvery = 1 + int(time.Since(start)/(10*time.Millisecond))
 	}
 	l, s, err := readStatScan(ctx, rs.t, rs.prevS, rs.lastScan)
