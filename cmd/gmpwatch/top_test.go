@@ -716,8 +716,14 @@ func TestTopOverheadBudget(t *testing.T) {
 	// Within the budget, generously: the first window, which measures the
 	// rates with every probe on, counts too, and the estimate is the last
 	// plan's, made with the target's CPU rate of the period before.
-	if o.Allowed <= 0 || o.EstimatedCore > 1.5*o.Allowed || o.MeasuredCore > 3*o.Allowed {
-		t.Errorf("estimated cost %.4f cores, measured %.4f: over the allowance of %.4f cores", o.EstimatedCore, o.MeasuredCore, o.Allowed)
+	// The last plan within its allowance; the whole run's measured cost
+	// within 3× the budget's share, or 3× the floor when the machine left
+	// the storm little CPU.
+	if o.Allowed <= 0 || o.EstimatedCore > 1.5*o.Allowed {
+		t.Errorf("the last plan costs %.4f cores, over its allowance of %.4f cores", o.EstimatedCore, o.Allowed)
+	}
+	if o.Measured > 3*0.02 && o.MeasuredCore > 3*budget.DefaultFloorCores {
+		t.Errorf("measured cost %.2f%% of the target's CPU, %.4f cores: over the 2%% budget and its floor", 100*o.Measured, o.MeasuredCore)
 	}
 	if final.SchedLatency.Count == 0 || final.LostEvents != 0 {
 		t.Errorf("sampled windows gave %d latencies, %d lost", final.SchedLatency.Count, final.LostEvents)
