@@ -79,22 +79,39 @@ struct {
 	__type(value, __u64);
 } hits SEC(".maps");
 
-/* The last refiring call seen on a thread (dedup_by_map only). */
+/* The last refiring call of each program seen on a thread (dedup_by_map
+ * only). Keyed by thread and program: a probed function the stack growth
+ * itself calls (mallocgc, (*mheap).grow) must not hide the call it
+ * interrupted. */
+struct last_key {
+	__u32 tid;
+	__u32 prog;
+};
+
 struct last_call {
-	__u64 prog;
 	__u64 g;
 	__u64 a0;
 	__u64 a1;
 	__u64 hi;    /* g.stack.hi at the hit */
 	__u64 depth; /* g.stack.hi - SP */
+	__u64 gen;   /* the thread's switch generation at the hit */
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
-	__type(key, __u32);
+	__type(key, struct last_key);
 	__type(value, struct last_call);
 } last_calls SEC(".maps");
+
+/* Per thread: goroutine switches (execute) so far, which end the calls
+ * that could still re-enter (dedup_by_map only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u64);
+} switch_gen SEC(".maps");
 
 /* User stacks, by the id that events carry in stack_id. Without
  * BPF_F_REUSE_STACKID an id, once given, keeps its stack: a different stack
@@ -510,15 +527,19 @@ static __always_inline int refire(struct pt_regs *ctx, __u64 cookie, __u32 prog,
 	}
 	__u64 hi = rd64(g, 8); /* g.stack.hi: g.stack is g's first field */
 	__u64 depth = hi - GO_SP(ctx);
-	struct last_call *l = bpf_map_lookup_elem(&last_calls, &tid);
-	if (l && l->prog == prog && l->g == g && l->a0 == a0 && l->a1 == a1 &&
+	__u64 gen = 0, *gp = bpf_map_lookup_elem(&switch_gen, &tid);
+	if (gp)
+		gen = *gp;
+	struct last_key k = {.tid = tid, .prog = prog};
+	struct last_call *l = bpf_map_lookup_elem(&last_calls, &k);
+	if (l && l->gen == gen && l->g == g && l->a0 == a0 && l->a1 == a1 &&
 	    l->hi != hi && l->depth == depth) {
-		bpf_map_delete_elem(&last_calls, &tid);
+		bpf_map_delete_elem(&last_calls, &k);
 		count_refire(prog);
 		return 1;
 	}
-	struct last_call n = {.prog = prog, .g = g, .a0 = a0, .a1 = a1, .hi = hi, .depth = depth};
-	bpf_map_update_elem(&last_calls, &tid, &n, BPF_ANY);
+	struct last_call n = {.g = g, .a0 = a0, .a1 = a1, .hi = hi, .depth = depth, .gen = gen};
+	bpf_map_update_elem(&last_calls, &k, &n, BPF_ANY);
 	return 0;
 }
 
@@ -557,8 +578,14 @@ int execute(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_EXECUTE);
-	if (dedup_by_map)
-		bpf_map_delete_elem(&last_calls, &tid);
+	if (dedup_by_map) {
+		/* A goroutine switch: no call before it re-enters. */
+		__u64 one = 1, *gp = bpf_map_lookup_elem(&switch_gen, &tid);
+		if (gp)
+			*gp += 1;
+		else
+			bpf_map_update_elem(&switch_gen, &tid, &one, BPF_ANY);
+	}
 	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_EXECUTE, tid, GO_G(ctx), gp, 0))
 		return 0;
 	goid = rd64(gp, off_g_goid);

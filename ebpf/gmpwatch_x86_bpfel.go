@@ -38,12 +38,18 @@ type gmpwatchGmpEvent struct {
 
 type gmpwatchLastCall struct {
 	_     structs.HostLayout
-	Prog  uint64
 	G     uint64
 	A0    uint64
 	A1    uint64
 	Hi    uint64
 	Depth uint64
+	Gen   uint64
+}
+
+type gmpwatchLastKey struct {
+	_    structs.HostLayout
+	Tid  uint32
+	Prog uint32
 }
 
 type gmpwatchParkStamp struct {
@@ -87,6 +93,7 @@ const (
 	gmpwatchMapSchedLat            = "sched_lat"
 	gmpwatchMapSiteCounts          = "site_counts"
 	gmpwatchMapStacks              = "stacks"
+	gmpwatchMapSwitchGen           = "switch_gen"
 	gmpwatchMapWaitStats           = "wait_stats"
 	gmpwatchProgCasgstatus         = "casgstatus"
 	gmpwatchProgChanrecv           = "chanrecv"
@@ -220,6 +227,7 @@ type gmpwatchMapSpecs struct {
 	SchedLat      *ebpf.MapSpec `ebpf:"sched_lat"`
 	SiteCounts    *ebpf.MapSpec `ebpf:"site_counts"`
 	Stacks        *ebpf.MapSpec `ebpf:"stacks"`
+	SwitchGen     *ebpf.MapSpec `ebpf:"switch_gen"`
 	WaitStats     *ebpf.MapSpec `ebpf:"wait_stats"`
 }
 
@@ -289,6 +297,7 @@ type gmpwatchMaps struct {
 	SchedLat      *ebpf.Map `ebpf:"sched_lat"`
 	SiteCounts    *ebpf.Map `ebpf:"site_counts"`
 	Stacks        *ebpf.Map `ebpf:"stacks"`
+	SwitchGen     *ebpf.Map `ebpf:"switch_gen"`
 	WaitStats     *ebpf.Map `ebpf:"wait_stats"`
 }
 
@@ -304,6 +313,7 @@ func (m *gmpwatchMaps) Close() error {
 		m.SchedLat,
 		m.SiteCounts,
 		m.Stacks,
+		m.SwitchGen,
 		m.WaitStats,
 	)
 }
