@@ -19,7 +19,7 @@ import (
 // an overhead budget (budget.ExactFigures). Counts cover the period.
 type runtimeFigures struct {
 	// Goroutines by status and "total", from the last scan of allgs (see
-	// runtimeSampler: a costly read, repeated less often on big programs).
+	// allgsScanner: a costly read, repeated less often on big programs).
 	Goroutines map[string]int `json:"goroutines"`
 	// Created counts goroutines created in the period (go1.26+; null on
 	// releases that do not count them).
@@ -42,24 +42,21 @@ type runtimeSampler struct {
 	first, prev *statLine
 	firstS      *rtstate.Sched
 	prevS       *rtstate.Sched
-	// The goroutine scan (allgs) is the costly read: it is repeated every
-	// scanEvery intervals, about 1% of the time at a 1 s interval (a
-	// million goroutines take a second).
-	lastScan             *rtstate.GScan
-	sinceScan, scanEvery int
+	allgs       *allgsScanner
 }
 
 // newRuntimeSampler opens p's memory and, unless fromStart, takes the first
 // reading; nil if the memory cannot be read (the report then has no exact
 // section).
-func newRuntimeSampler(ctx context.Context, p *plan.Plan, fromStart bool) *runtimeSampler {
+func newRuntimeSampler(ctx context.Context, p *plan.Plan, fromStart bool, interval time.Duration) *runtimeSampler {
 	rt, err := rtstate.Open(p)
 	if err != nil {
 		return nil
 	}
-	rs := &runtimeSampler{t: &target{plan: p, rt: rt}, fromStart: fromStart}
+	rs := &runtimeSampler{t: &target{plan: p, rt: rt}, fromStart: fromStart, allgs: &allgsScanner{rt: rt, interval: interval}}
 	if !fromStart {
-		if l, s, err := readStat(ctx, rs.t, nil); err == nil {
+		sc, _ := rs.allgs.scan(ctx)
+		if l, s, err := readStatScan(ctx, rs.t, nil, sc); err == nil {
 			rs.first, rs.firstS, rs.prev, rs.prevS = l, s, l, s
 		}
 	}
@@ -76,17 +73,11 @@ func (rs *runtimeSampler) interval(ctx context.Context) *runtimeFigures {
 	if rs == nil || !rs.started() {
 		return nil
 	}
-	rs.sinceScan++
-	if rs.lastScan == nil || rs.sinceScan >= rs.scanEvery {
-		start := time.Now()
-		sc, err := rs.t.rt.Goroutines(ctx, rtstate.ScanOptions{})
-		if err != nil {
-			return nil
-		}
-		rs.lastScan, rs.sinceScan = sc, 0
-		rs.scanEvery = 1 + int(time.Since(start)/(10*time.Millisecond))
+	sc, _ := rs.allgs.scan(ctx)
+	if sc == nil {
+		return nil
 	}
-	l, s, err := readStatScan(ctx, rs.t, rs.prevS, rs.lastScan)
+	l, s, err := readStatScan(ctx, rs.t, rs.prevS, sc)
 	if err != nil {
 		return nil
 	}
@@ -110,7 +101,7 @@ func (rs *runtimeSampler) scan() *rtstate.GScan {
 	if rs == nil {
 		return nil
 	}
-	return rs.lastScan
+	return rs.allgs.latest()
 }
 
 func (rs *runtimeSampler) close() {

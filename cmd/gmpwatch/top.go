@@ -158,7 +158,7 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 		defer stopWindows()
 		// The figures the runtime counts itself stay exact: read them
 		// from its memory each interval.
-		exact = newRuntimeSampler(ctx, p, sess.Launched())
+		exact = newRuntimeSampler(ctx, p, sess.Launched(), f.interval)
 		defer exact.close()
 	}
 	if sess.Launched() {
@@ -178,6 +178,9 @@ func runTop(ctx context.Context, env *cmdEnv, args []string) (err error) {
 		lv, ctx = startLiveView(ctx, env, sess, f.interval, f.overhead.String())
 		if win != nil {
 			lv.budget = func() string { return win.Report().Line() }
+		}
+		if exact != nil {
+			lv.allgs = exact.allgs // one scan for both
 		}
 		defer lv.close()
 	}

@@ -35,14 +35,10 @@ type liveView struct {
 	// budget, when set, tells the overhead budget's state each interval.
 	budget func() string
 
-	// The whole process's goroutines are scanned every scanEvery
-	// intervals, so that the scan costs at most a tenth of the interval.
-	interval  time.Duration
-	scanEvery int
-	sinceScan int
-	lastScan  *tui.Goroutines
-	scannedAt time.Time
-	closed    bool
+	// allgs scans the whole process's goroutines; top hands it the exact
+	// figures' scanner under a budget, so that both use one scan.
+	allgs  *allgsScanner
+	closed bool
 }
 
 // wantLiveView: the live view is for a person at a terminal; --json,
@@ -62,12 +58,13 @@ func lvStdin(env *cmdEnv) io.Reader {
 // returned context is ctx, also ended when the user quits.
 func startLiveView(ctx context.Context, env *cmdEnv, sess *session.Session, interval time.Duration, budget string) (*liveView, context.Context) {
 	pid, p := sess.PID, sess.Plan
-	lv := &liveView{pid: pid, sess: sess, stderr: env.stderr, interval: interval, scanEvery: 1, sym: sess.Sym, cpu: selfCPU()}
+	lv := &liveView{pid: pid, sess: sess, stderr: env.stderr, sym: sess.Sym, cpu: selfCPU()}
 	// The memory reader: the G/M/P picture degrades to "unknown" without it.
 	if rt, err := rtstate.Open(p); err != nil {
 		lv.rtErr = err.Error()
 	} else {
 		lv.rt = rt
+		lv.allgs = &allgsScanner{rt: rt, interval: interval}
 	}
 	info := tui.Info{
 		PID:       pid,
@@ -117,29 +114,14 @@ func (lv *liveView) show(r *sched.Report, rt *runtimeFigures) {
 	lv.prog.Send(s)
 }
 
-// goroutines counts the process's goroutines by state, scanning allgs when
-// due and otherwise returning the last count with its age.
+// goroutines counts the process's goroutines by state from the current
+// scan, with its age.
 func (lv *liveView) goroutines() *tui.Goroutines {
-	lv.sinceScan++
-	if lv.lastScan == nil || lv.sinceScan >= lv.scanEvery {
-		start := time.Now()
-		sc, err := lv.rt.Goroutines(context.Background(), rtstate.ScanOptions{})
-		took := time.Since(start)
-		lv.sinceScan = 0
-		lv.scanEvery = max(1, int(10*took/lv.interval)+1)
-		if err != nil {
-			lv.lastScan = nil
-			return nil
-		}
-		lv.lastScan = &tui.Goroutines{Total: len(sc.Goroutines), ByState: sc.Counts(), Skipped: sc.Skipped.Total()}
-		lv.scannedAt = time.Now()
-	}
-	if lv.lastScan == nil {
+	sc, at := lv.allgs.scan(context.Background())
+	if sc == nil {
 		return nil
 	}
-	g := *lv.lastScan
-	g.Age = time.Since(lv.scannedAt)
-	return &g
+	return &tui.Goroutines{Total: len(sc.Goroutines), ByState: sc.Counts(), Skipped: sc.Skipped.Total(), Age: time.Since(at)}
 }
 
 func (lv *liveView) funcName(pc uint64) string {
