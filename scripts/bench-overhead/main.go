@@ -510,33 +510,63 @@ func twinCopy(bin string) (string, error) {
 	return twin, os.Rename(tmp, twin)
 }
 
+// twins is a side-by-side run: x under a configuration, twin untraced.
+type twins struct {
+	x, twin *target
+	xLine   string // their first lines
+	twLine  string
+	tr      *tracing
+	tmp     string // the runtime/trace file of rtrace
+}
+
+// startTwins starts bin's untraced twin (a copy) and bin under cfg (with
+// -trace FILE for rtrace), both with args, waits for their first line
+// (ready), and attaches cfg to bin's process.
+func startTwins(bin, ready, cfg string, cal *ebpf.Calibration, bt string, args ...string) (*twins, error) {
+	tbin, err := twinCopy(bin)
+	if err != nil {
+		return nil, err
+	}
+	tw := &twins{}
+	if tw.twin, tw.twLine, err = start(tbin, ready, args...); err != nil {
+		return nil, err
+	}
+	if cfg == "rtrace" {
+		tw.tmp = filepath.Join(os.TempDir(), fmt.Sprintf("%s-%d.trace", filepath.Base(bin), os.Getpid()))
+		args = append(slices.Clone(args), "-trace", tw.tmp)
+	}
+	if tw.x, tw.xLine, err = start(bin, ready, args...); err != nil {
+		tw.close()
+		return nil, err
+	}
+	if tw.tr, err = attachConfig(cfg, bin, tw.x.cmd.Process.Pid, cal, bt); err != nil {
+		tw.close()
+		return nil, err
+	}
+	return tw, nil
+}
+
+// close kills what still runs and removes the trace file.
+func (tw *twins) close() {
+	for _, t := range []*target{tw.x, tw.twin} {
+		if t != nil {
+			t.kill()
+		}
+	}
+	if tw.tmp != "" {
+		os.Remove(tw.tmp)
+	}
+}
+
 // runStorm runs the storm under cfg side by side with an untraced twin.
 func runStorm(bin, cfg string, cal *ebpf.Calibration, bt string) (pair, error) {
 	var p pair
-	args := []string{"-wait", "-d", dur.String()}
-	tbin, err := twinCopy(bin)
+	tw, err := startTwins(bin, "ready", cfg, cal, bt, "-wait", "-d", dur.String())
 	if err != nil {
 		return p, err
 	}
-	twin, _, err := start(tbin, "ready", args...)
-	if err != nil {
-		return p, err
-	}
-	defer twin.kill()
-	if cfg == "rtrace" {
-		tmp := filepath.Join(os.TempDir(), fmt.Sprintf("storm-%d.trace", os.Getpid()))
-		defer os.Remove(tmp)
-		args = append(args, "-trace", tmp)
-	}
-	x, _, err := start(bin, "ready", args...)
-	if err != nil {
-		return p, err
-	}
-	defer x.kill()
-	tr, err := attachConfig(cfg, bin, x.cmd.Process.Pid, cal, bt)
-	if err != nil {
-		return p, err
-	}
+	defer tw.close()
+	x, twin, tr := tw.x, tw.twin, tw.tr
 	c0 := selfCPU()
 	fmt.Fprintln(x.in, "go")
 	fmt.Fprintln(twin.in, "go")
@@ -565,30 +595,12 @@ func runStorm(bin, cfg string, cal *ebpf.Calibration, bt string) (pair, error) {
 // twin, each under its own load generator.
 func runHTTP(bin, cfg string, cal *ebpf.Calibration) (pair, error) {
 	var p pair
-	tbin, err := twinCopy(bin)
+	tw, err := startTwins(bin, "listening 127.0.0.1:", cfg, cal, "", "-d", "2m")
 	if err != nil {
 		return p, err
 	}
-	twin, tl, err := start(tbin, "listening 127.0.0.1:", "-d", "2m")
-	if err != nil {
-		return p, err
-	}
-	defer twin.kill()
-	args := []string{"-d", "2m"}
-	if cfg == "rtrace" {
-		tmp := filepath.Join(os.TempDir(), fmt.Sprintf("http-%d.trace", os.Getpid()))
-		defer os.Remove(tmp)
-		args = append(args, "-trace", tmp)
-	}
-	x, xl, err := start(bin, "listening 127.0.0.1:", args...)
-	if err != nil {
-		return p, err
-	}
-	defer x.kill()
-	tr, err := attachConfig(cfg, bin, x.cmd.Process.Pid, cal, "")
-	if err != nil {
-		return p, err
-	}
+	defer tw.close()
+	x, twin, tr, xl, tl := tw.x, tw.twin, tw.tr, tw.xLine, tw.twLine
 	var wg sync.WaitGroup
 	var errs [2]error
 	var reqs [2]int64
