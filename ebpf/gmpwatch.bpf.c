@@ -512,9 +512,18 @@ static __always_inline void agg_site(__u64 pc, int exit)
  * arguments at the same depth from the top of a stack that moved (morestack
  * copied it) in between; execute clears it. Both hits of a re-entered call
  * are counted for the program (hits) and the second as a refire (refires),
- * the first hit's event having been sent. */
+ * the first hit's event having been sent.
+ *
+ * A call may also re-enter on the same stack: a preemption request fails the
+ * stack check, and newstack resumes the call unchanged when the M cannot be
+ * preempted (chanrecv calls gopark holding the channel's lock). For a call
+ * that always ends in a goroutine switch on its thread (switches: gopark),
+ * the same g with the same arguments at the same depth and no switch since
+ * is that call again, whatever the stack; the record stays for the real
+ * growth that may follow. Any other function may be called twice alike on
+ * the same stack, so there only a moved stack tells. */
 static __always_inline int refire(struct pt_regs *ctx, __u64 cookie, __u32 prog,
-				  __u32 tid, __u64 g, __u64 a0, __u64 a1)
+				  __u32 tid, __u64 g, __u64 a0, __u64 a1, int switches)
 {
 	if (!(cookie & COOKIE_REFIRES))
 		return 0;
@@ -533,10 +542,16 @@ static __always_inline int refire(struct pt_regs *ctx, __u64 cookie, __u32 prog,
 	struct last_key k = {.tid = tid, .prog = prog};
 	struct last_call *l = bpf_map_lookup_elem(&last_calls, &k);
 	if (l && l->gen == gen && l->g == g && l->a0 == a0 && l->a1 == a1 &&
-	    l->hi != hi && l->depth == depth) {
-		bpf_map_delete_elem(&last_calls, &k);
-		count_refire(prog);
-		return 1;
+	    l->depth == depth) {
+		if (l->hi != hi) {
+			bpf_map_delete_elem(&last_calls, &k);
+			count_refire(prog);
+			return 1;
+		}
+		if (switches) {
+			count_refire(prog);
+			return 1;
+		}
 	}
 	struct last_call n = {.g = g, .a0 = a0, .a1 = a1, .hi = hi, .depth = depth, .gen = gen};
 	bpf_map_update_elem(&last_calls, &k, &n, BPF_ANY);
@@ -553,7 +568,7 @@ int schedule(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_SCHEDULE);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_SCHEDULE, tid, GO_G(ctx), 0, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_SCHEDULE, tid, GO_G(ctx), 0, 0, 0))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -586,7 +601,7 @@ int execute(struct pt_regs *ctx)
 		else
 			bpf_map_update_elem(&switch_gen, &tid, &one, BPF_ANY);
 	}
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_EXECUTE, tid, GO_G(ctx), gp, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_EXECUTE, tid, GO_G(ctx), gp, 0, 0))
 		return 0;
 	goid = rd64(gp, off_g_goid);
 	if (stream_events)
@@ -618,7 +633,7 @@ int gopark(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_GOPARK);
-	if (refire(ctx, cookie, PROG_GOPARK, tid, GO_G(ctx), GO_ARG2(ctx), GO_ARG3(ctx)))
+	if (refire(ctx, cookie, PROG_GOPARK, tid, GO_G(ctx), GO_ARG2(ctx), GO_ARG3(ctx) & 0xff, 1))
 		return 0;
 	goid = rd64(GO_G(ctx), off_g_goid);
 	if (stream_events) {
@@ -652,7 +667,7 @@ int ready(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_READY);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_READY, tid, GO_G(ctx), gp, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_READY, tid, GO_G(ctx), gp, 0, 0))
 		return 0;
 	goid = rd64(gp, off_g_goid);
 	if (streams(PROG_READY))
@@ -682,7 +697,7 @@ int goschedImpl(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_GOSCHED_IMPL);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_GOSCHED_IMPL, tid, GO_G(ctx), gp, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_GOSCHED_IMPL, tid, GO_G(ctx), gp, 0, 0))
 		return 0;
 	goid = rd64(gp, off_g_goid);
 	if (stream_events)
@@ -713,7 +728,7 @@ int goexit0(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_GOEXIT0);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_GOEXIT0, tid, GO_G(ctx), gp, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_GOEXIT0, tid, GO_G(ctx), gp, 0, 0))
 		return 0;
 	gopc = rd64(gp, off_g_gopc);
 	agg_site(gopc, 1);
@@ -742,7 +757,7 @@ static __always_inline int go_create(struct pt_regs *ctx, __u32 prog, __u64 newg
 	if (!tid)
 		return 0;
 	hit(prog);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), prog, tid, GO_G(ctx), newg, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), prog, tid, GO_G(ctx), newg, 0, 0))
 		return 0;
 	goid = rd64(newg, off_g_goid);
 	gopc = rd64(newg, off_g_gopc);
@@ -802,7 +817,7 @@ int newm(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_NEWM);
-	if (refire(ctx, cookie, PROG_NEWM, tid, GO_G(ctx), GO_ARG1(ctx), GO_ARG3(ctx)))
+	if (refire(ctx, cookie, PROG_NEWM, tid, GO_G(ctx), GO_ARG1(ctx), GO_ARG3(ctx), 0))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -860,7 +875,7 @@ int injectglist(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_INJECTGLIST);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_INJECTGLIST, tid, GO_G(ctx), GO_ARG1(ctx), 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_INJECTGLIST, tid, GO_G(ctx), GO_ARG1(ctx), 0, 0))
 		return 0;
 	if (!streams(PROG_INJECTGLIST) && !aggregate)
 		return 0;
@@ -889,7 +904,7 @@ int casgstatus(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_CASGSTATUS);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_CASGSTATUS, tid, GO_G(ctx), gp, GO_ARG3(ctx)))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_CASGSTATUS, tid, GO_G(ctx), gp, GO_ARG3(ctx), 0))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -916,7 +931,7 @@ int newproc(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_NEWPROC);
-	if (refire(ctx, cookie, PROG_NEWPROC, tid, GO_G(ctx), GO_ARG1(ctx), 0))
+	if (refire(ctx, cookie, PROG_NEWPROC, tid, GO_G(ctx), GO_ARG1(ctx), 0, 0))
 		return 0;
 	if (!stream_events)
 		return 0; /* the stack is for the GoCreate event only */
@@ -939,7 +954,7 @@ int entersyscall(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_ENTERSYSCALL);
-	if (refire(ctx, cookie, PROG_ENTERSYSCALL, tid, GO_G(ctx), GO_SP(ctx), 0))
+	if (refire(ctx, cookie, PROG_ENTERSYSCALL, tid, GO_G(ctx), GO_SP(ctx), 0, 0))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -970,7 +985,7 @@ int exitsyscall(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_EXITSYSCALL);
-	if (refire(ctx, cookie, PROG_EXITSYSCALL, tid, GO_G(ctx), GO_SP(ctx), 0))
+	if (refire(ctx, cookie, PROG_EXITSYSCALL, tid, GO_G(ctx), GO_SP(ctx), 0, 0))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -1015,7 +1030,7 @@ int mProf_Malloc(struct pt_regs *ctx)
 	hit(PROG_MPROF_MALLOC);
 	asm volatile("" : "+r"(bx), "+r"(cx));
 	size = mprof_size_arg == 2 ? bx : cx;
-	if (refire(ctx, cookie, PROG_MPROF_MALLOC, tid, GO_G(ctx), size, GO_ARG1(ctx)))
+	if (refire(ctx, cookie, PROG_MPROF_MALLOC, tid, GO_G(ctx), size, GO_ARG1(ctx), 0))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -1043,7 +1058,7 @@ int mheap_grow(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_MHEAP_GROW);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_MHEAP_GROW, tid, GO_G(ctx), GO_ARG2(ctx), 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_MHEAP_GROW, tid, GO_G(ctx), GO_ARG2(ctx), 0, 0))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -1069,7 +1084,7 @@ int newosproc(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_NEWOSPROC);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_NEWOSPROC, tid, GO_G(ctx), mp, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_NEWOSPROC, tid, GO_G(ctx), mp, 0, 0))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -1095,7 +1110,7 @@ static __always_inline int chan_op(struct pt_regs *ctx, __u32 prog, __u16 kind)
 		return 0;
 	hit(prog);
 	/* Not ep: it points into the stack, which a re-entry has moved. */
-	if (refire(ctx, cookie, prog, tid, GO_G(ctx), GO_ARG1(ctx), GO_ARG3(ctx) & 0xff))
+	if (refire(ctx, cookie, prog, tid, GO_G(ctx), GO_ARG1(ctx), GO_ARG3(ctx) & 0xff, 0))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -1135,7 +1150,7 @@ int mallocgc(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_MALLOCGC);
-	if (refire(ctx, cookie, PROG_MALLOCGC, tid, GO_G(ctx), GO_ARG1(ctx), GO_ARG2(ctx)))
+	if (refire(ctx, cookie, PROG_MALLOCGC, tid, GO_G(ctx), GO_ARG1(ctx), GO_ARG2(ctx), 0))
 		return 0;
 	if (!stream_events)
 		return 0;

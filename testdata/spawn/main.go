@@ -14,6 +14,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"flag"
 	"fmt"
 	"os"
@@ -69,11 +70,32 @@ var (
 // parker is the start function of the -parkers goroutines: parker i parks
 // forever i frames deep, on a receive from a nil channel, which calls gopark
 // first thing (nothing at the same depth grows the stack before it).
+// parking.Done comes just before the park, so main also waits for the
+// parks themselves (parked) before it goes on.
 func parker(i int) {
 	descend(i, func() {
 		parking.Done()
 		<-nilChan
 	})
+}
+
+// parked returns once k goroutines are parked on a nil channel, as the
+// runtime's own goroutine dump says: a parker preempted between
+// parking.Done and its receive would otherwise park after "done", or never
+// if spawn exits first.
+func parked(k int) {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n == len(buf) {
+			buf = make([]byte, 2*len(buf))
+			continue
+		}
+		if bytes.Count(buf[:n], []byte("[chan receive (nil chan)")) >= k {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func main() {
@@ -101,6 +123,7 @@ func main() {
 			go parker(i)
 		}
 		parking.Wait()
+		parked(*parkers)
 		fmt.Printf("parkers %d\n", *parkers)
 	}
 	wg.Add(*n)
