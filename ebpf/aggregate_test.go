@@ -106,7 +106,7 @@ func TestAggregateLoadAll(t *testing.T) {
 				if err := opts.setAggregateVars(spec); err != nil {
 					t.Fatal(err)
 				}
-				for name, v := range map[string]any{"m_span": mspan, "dedup_by_map": boolByte(mspan == 0), "target_tgid": uint32(os.Getpid())} {
+				for name, v := range map[string]any{"m_span": mspan, "target_tgid": uint32(os.Getpid())} {
 					if err := setVar(spec, name, v); err != nil {
 						t.Fatal(err)
 					}

@@ -49,6 +49,10 @@ var (
 	ErrNoProbe = errors.New("plan has no probe for program")
 	// ErrUnknownProgram: Options.Programs names no BPF program.
 	ErrUnknownProgram = errors.New("unknown program")
+	// ErrRefireSite: a probe that may fire twice (before the stack check's
+	// branch) is not on the branch itself, a JBE, whose live flags are what
+	// tell the first hit of a morestack re-entry from a call.
+	ErrRefireSite = errors.New("refiring probe not on the stack check's JBE")
 )
 
 // DefaultPrograms are the programs attached when Options.Programs is nil:
@@ -306,6 +310,11 @@ func Attach(p *plan.Plan, opts Options) (*Tracer, error) {
 		if seen[use] {
 			continue
 		}
+		for _, pr := range probes {
+			if pr.Refires && !atJcc(pr.Insn) {
+				return nil, fmt.Errorf("attach %s at %#x (%q): %w", pr.Symbol, pr.Address, pr.Insn, ErrRefireSite)
+			}
+		}
 		seen[use] = true
 		wants = append(wants, want{use, probes})
 	}
@@ -315,17 +324,6 @@ func Attach(p *plan.Plan, opts Options) (*Tracer, error) {
 		return nil, fmt.Errorf("load bpf spec: %w", err)
 	}
 	if err := setVariables(spec, p, pid, opts.RingBytes, opts.StackEntries); err != nil {
-		return nil, err
-	}
-	dedupByMap := false
-	for _, w := range wants {
-		for _, pr := range w.probes {
-			if pr.Refires && !atJcc(pr.Insn) {
-				dedupByMap = true
-			}
-		}
-	}
-	if err := setVar(spec, "dedup_by_map", boolByte(dedupByMap)); err != nil {
 		return nil, err
 	}
 	if err := setVar(spec, "capture_stacks", boolByte(!opts.NoStacks)); err != nil {
@@ -421,9 +419,6 @@ func cookie(pr plan.Probe) uint64 {
 	}
 	if pr.Refires {
 		c |= 2
-		if atJcc(pr.Insn) {
-			c |= 4
-		}
 	}
 	return c
 }

@@ -466,54 +466,57 @@ func checkParksOnce(t *testing.T, evs []event.Event) {
 	}
 }
 
-// TestRefireDedup checks both ways of counting a morestack re-entry once on
-// go1.19, whose probes sit on the stack check's JBE: by the branch's flags,
-// and (forced here by hiding the instruction) by the per-thread record.
+// TestRefireDedup checks that a morestack re-entry counts once on go1.19,
+// whose probes sit on the stack check's JBE: by the branch's flags.
 func TestRefireDedup(t *testing.T) {
 	testtarget.RequireRoot(t)
 	const parkers = 300
-	for _, mode := range []string{"jcc", "map"} {
-		t.Run(mode, func(t *testing.T) {
-			bin := testtarget.Build(t, "spawn", testtarget.Go119, testtarget.Plain)
-			tg := startTarget(t, bin, nil, "-n", "10", "-parkers", strconv.Itoa(parkers), "-linger")
-			tg.expect(t, "ready")
-			p, err := plan.FromProcess(tg.cmd.Process.Pid)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for i := range p.Probes {
-				if !p.Probes[i].Refires {
-					continue
-				}
-				if mode == "map" {
-					p.Probes[i].Insn = ""
-				} else if !atJcc(p.Probes[i].Insn) {
-					t.Fatalf("go1.19 probe %s at %q refires but is not on a JBE", p.Probes[i].Symbol, p.Probes[i].Insn)
-				}
-			}
-			c := trace(t, p, Options{})
-			tg.send(t)
-			tg.expect(t, "done")
-			tg.send(t)
-			tg.wait(t)
-			evs, st := c.stop(t)
-			checkStats(t, st)
-			checkParksOnce(t, evs)
-			nilParks := 0
-			for _, ev := range evs {
-				if ev.Kind == event.KindGoPark && p.WaitReasons.Name(ev.Reason) == "chan receive (nil chan)" {
-					nilParks++
-				}
-			}
-			var refires uint64
-			for _, n := range st.RefiresBy {
-				refires += n
-			}
-			if nilParks != parkers || st.RefiresBy["gopark"] == 0 || refires != st.Refires || st.Hits["gopark"] != uint64(len(filter(evs, event.KindGoPark)))+st.RefiresBy["gopark"] {
-				t.Fatalf("%d nil-channel parks (want %d), %d gopark refires (want > 0) of %v = %d, %d gopark hits = %d parks + refires?",
-					nilParks, parkers, st.RefiresBy["gopark"], st.RefiresBy, st.Refires, st.Hits["gopark"], len(filter(evs, event.KindGoPark)))
-			}
-		})
+	bin := testtarget.Build(t, "spawn", testtarget.Go119, testtarget.Plain)
+	tg := startTarget(t, bin, nil, "-n", "10", "-parkers", strconv.Itoa(parkers), "-linger")
+	tg.expect(t, "ready")
+	p, err := plan.FromProcess(tg.cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pr := range p.Probes {
+		if pr.Refires && !atJcc(pr.Insn) {
+			t.Fatalf("go1.19 probe %s at %q refires but is not on a JBE", pr.Symbol, pr.Insn)
+		}
+	}
+	c := trace(t, p, Options{})
+	tg.send(t)
+	tg.expect(t, "done")
+	tg.send(t)
+	tg.wait(t)
+	evs, st := c.stop(t)
+	checkStats(t, st)
+	checkParksOnce(t, evs)
+	nilParks := 0
+	for _, ev := range evs {
+		if ev.Kind == event.KindGoPark && p.WaitReasons.Name(ev.Reason) == "chan receive (nil chan)" {
+			nilParks++
+		}
+	}
+	var refires uint64
+	for _, n := range st.RefiresBy {
+		refires += n
+	}
+	if nilParks != parkers || st.RefiresBy["gopark"] == 0 || refires != st.Refires || st.Hits["gopark"] != uint64(len(filter(evs, event.KindGoPark)))+st.RefiresBy["gopark"] {
+		t.Fatalf("%d nil-channel parks (want %d), %d gopark refires (want > 0) of %v = %d, %d gopark hits = %d parks + refires?",
+			nilParks, parkers, st.RefiresBy["gopark"], st.RefiresBy, st.Refires, st.Hits["gopark"], len(filter(evs, event.KindGoPark)))
+	}
+}
+
+// TestAttachRefusesRefireOffJBE: a probe that may fire twice anywhere but
+// on the stack check's JBE could count a call twice; Attach refuses the plan
+// before it loads anything (no privilege needed).
+func TestAttachRefusesRefireOffJBE(t *testing.T) {
+	p := &plan.Plan{PID: os.Getpid(), Arch: "amd64", Probes: []plan.Probe{
+		{Program: "execute", Symbol: "runtime.execute", Address: 0x43a000, Insn: "SUBQ $0x18, SP", Refires: true},
+	}}
+	_, err := Attach(p, Options{Programs: []string{"execute"}})
+	if !errors.Is(err, ErrRefireSite) || !strings.Contains(err.Error(), "runtime.execute") {
+		t.Fatalf("attach: %v; want ErrRefireSite naming runtime.execute", err)
 	}
 }
 

@@ -55,8 +55,6 @@ const volatile __u32 m_span = 0;
 
 /* goschedImpl(gp, preempted): go1.19's goschedImpl(gp) has no second arg. */
 const volatile __u8 gosched_has_preempted = 1;
-/* Some Refires probe is not on a JBE: deduplicate with the per-thread map. */
-const volatile __u8 dedup_by_map = 0;
 /* Bound on the injectglist walk. */
 const volatile __u32 inject_max = 65536;
 /* Write events to the ring buffer. 0: aggregate-only, the programs update
@@ -78,40 +76,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } hits SEC(".maps");
-
-/* The last refiring call of each program seen on a thread (dedup_by_map
- * only). Keyed by thread and program: a probed function the stack growth
- * itself calls (mallocgc, (*mheap).grow) must not hide the call it
- * interrupted. */
-struct last_key {
-	__u32 tid;
-	__u32 prog;
-};
-
-struct last_call {
-	__u64 g;
-	__u64 a0;
-	__u64 a1;
-	__u64 hi;    /* g.stack.hi at the hit */
-	__u64 depth; /* g.stack.hi - SP */
-	__u64 gen;   /* the thread's switch generation at the hit */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct last_key);
-	__type(value, struct last_call);
-} last_calls SEC(".maps");
-
-/* Per thread: goroutine switches (execute) so far, which end the calls
- * that could still re-enter (dedup_by_map only). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, __u64);
-} switch_gen SEC(".maps");
 
 /* User stacks, by the id that events carry in stack_id. Without
  * BPF_F_REUSE_STACKID an id, once given, keeps its stack: a different stack
@@ -502,59 +466,19 @@ static __always_inline void agg_site(__u64 pc, int exit)
 		__sync_fetch_and_add(&v->created, 1);
 }
 
-/* refire reports whether this hit is one of the two hits of a call that
- * re-enters through morestack, and must not be counted.
- *
- * On the stack check's JBE the flags of the CMP are live: the branch is taken
- * (CF or ZF set) exactly when the call will grow its stack and come back, so
- * this hit is dropped and the re-entry counted. Elsewhere, a per-thread record
- * of the last (program, g, args, stack) drops the second hit: the same call
- * arguments at the same depth from the top of a stack that moved (morestack
- * copied it) in between; execute clears it. Both hits of a re-entered call
- * are counted for the program (hits) and the second as a refire (refires),
- * the first hit's event having been sent.
- *
- * A call may also re-enter on the same stack: a preemption request fails the
- * stack check, and newstack resumes the call unchanged when the M cannot be
- * preempted (chanrecv calls gopark holding the channel's lock). For a call
- * that always ends in a goroutine switch on its thread (switches: gopark),
- * the same g with the same arguments at the same depth and no switch since
- * is that call again, whatever the stack; the record stays for the real
- * growth that may follow. Any other function may be called twice alike on
- * the same stack, so there only a moved stack tells. */
-static __always_inline int refire(struct pt_regs *ctx, __u64 cookie, __u32 prog,
-				  __u32 tid, __u64 g, __u64 a0, __u64 a1, int switches)
+/* refire reports whether this hit is the first of the two hits of a call
+ * that re-enters through morestack, and must not be counted. A refiring
+ * probe sits on the stack check's JBE (the plan refuses any other), where the
+ * CMP's flags are live: the branch is taken (CF or ZF set) exactly when the
+ * call goes to morestack, whether to grow the stack or for a preemption
+ * request, and comes back to its entry. Both hits are counted for the
+ * program (hits), this one as a refire (refires). */
+static __always_inline int refire(struct pt_regs *ctx, __u64 cookie, __u32 prog)
 {
-	if (!(cookie & COOKIE_REFIRES))
-		return 0;
-	if (cookie & COOKIE_AT_JCC) {
-		if (GO_FLAGS(ctx) & (X86_CF | X86_ZF)) {
-			count_refire(prog);
-			return 1;
-		}
-		return 0;
+	if ((cookie & COOKIE_REFIRES) && (GO_FLAGS(ctx) & (X86_CF | X86_ZF))) {
+		count_refire(prog);
+		return 1;
 	}
-	__u64 hi = rd64(g, 8); /* g.stack.hi: g.stack is g's first field */
-	__u64 depth = hi - GO_SP(ctx);
-	__u64 gen = 0, *gp = bpf_map_lookup_elem(&switch_gen, &tid);
-	if (gp)
-		gen = *gp;
-	struct last_key k = {.tid = tid, .prog = prog};
-	struct last_call *l = bpf_map_lookup_elem(&last_calls, &k);
-	if (l && l->gen == gen && l->g == g && l->a0 == a0 && l->a1 == a1 &&
-	    l->depth == depth) {
-		if (l->hi != hi) {
-			bpf_map_delete_elem(&last_calls, &k);
-			count_refire(prog);
-			return 1;
-		}
-		if (switches) {
-			count_refire(prog);
-			return 1;
-		}
-	}
-	struct last_call n = {.g = g, .a0 = a0, .a1 = a1, .hi = hi, .depth = depth, .gen = gen};
-	bpf_map_update_elem(&last_calls, &k, &n, BPF_ANY);
 	return 0;
 }
 
@@ -568,7 +492,7 @@ int schedule(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_SCHEDULE);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_SCHEDULE, tid, GO_G(ctx), 0, 0, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_SCHEDULE))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -593,15 +517,7 @@ int execute(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_EXECUTE);
-	if (dedup_by_map) {
-		/* A goroutine switch: no call before it re-enters. */
-		__u64 one = 1, *gp = bpf_map_lookup_elem(&switch_gen, &tid);
-		if (gp)
-			*gp += 1;
-		else
-			bpf_map_update_elem(&switch_gen, &tid, &one, BPF_ANY);
-	}
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_EXECUTE, tid, GO_G(ctx), gp, 0, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_EXECUTE))
 		return 0;
 	goid = rd64(gp, off_g_goid);
 	if (stream_events)
@@ -633,7 +549,7 @@ int gopark(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_GOPARK);
-	if (refire(ctx, cookie, PROG_GOPARK, tid, GO_G(ctx), GO_ARG2(ctx), GO_ARG3(ctx) & 0xff, 1))
+	if (refire(ctx, cookie, PROG_GOPARK))
 		return 0;
 	goid = rd64(GO_G(ctx), off_g_goid);
 	if (stream_events) {
@@ -667,7 +583,7 @@ int ready(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_READY);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_READY, tid, GO_G(ctx), gp, 0, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_READY))
 		return 0;
 	goid = rd64(gp, off_g_goid);
 	if (streams(PROG_READY))
@@ -697,7 +613,7 @@ int goschedImpl(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_GOSCHED_IMPL);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_GOSCHED_IMPL, tid, GO_G(ctx), gp, 0, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_GOSCHED_IMPL))
 		return 0;
 	goid = rd64(gp, off_g_goid);
 	if (stream_events)
@@ -728,7 +644,7 @@ int goexit0(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_GOEXIT0);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_GOEXIT0, tid, GO_G(ctx), gp, 0, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_GOEXIT0))
 		return 0;
 	gopc = rd64(gp, off_g_gopc);
 	agg_site(gopc, 1);
@@ -757,7 +673,7 @@ static __always_inline int go_create(struct pt_regs *ctx, __u32 prog, __u64 newg
 	if (!tid)
 		return 0;
 	hit(prog);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), prog, tid, GO_G(ctx), newg, 0, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), prog))
 		return 0;
 	goid = rd64(newg, off_g_goid);
 	gopc = rd64(newg, off_g_gopc);
@@ -817,7 +733,7 @@ int newm(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_NEWM);
-	if (refire(ctx, cookie, PROG_NEWM, tid, GO_G(ctx), GO_ARG1(ctx), GO_ARG3(ctx), 0))
+	if (refire(ctx, cookie, PROG_NEWM))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -875,7 +791,7 @@ int injectglist(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_INJECTGLIST);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_INJECTGLIST, tid, GO_G(ctx), GO_ARG1(ctx), 0, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_INJECTGLIST))
 		return 0;
 	if (!streams(PROG_INJECTGLIST) && !aggregate)
 		return 0;
@@ -904,7 +820,7 @@ int casgstatus(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_CASGSTATUS);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_CASGSTATUS, tid, GO_G(ctx), gp, GO_ARG3(ctx), 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_CASGSTATUS))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -931,7 +847,7 @@ int newproc(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_NEWPROC);
-	if (refire(ctx, cookie, PROG_NEWPROC, tid, GO_G(ctx), GO_ARG1(ctx), 0, 0))
+	if (refire(ctx, cookie, PROG_NEWPROC))
 		return 0;
 	if (!stream_events)
 		return 0; /* the stack is for the GoCreate event only */
@@ -954,7 +870,7 @@ int entersyscall(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_ENTERSYSCALL);
-	if (refire(ctx, cookie, PROG_ENTERSYSCALL, tid, GO_G(ctx), GO_SP(ctx), 0, 0))
+	if (refire(ctx, cookie, PROG_ENTERSYSCALL))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -985,7 +901,7 @@ int exitsyscall(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_EXITSYSCALL);
-	if (refire(ctx, cookie, PROG_EXITSYSCALL, tid, GO_G(ctx), GO_SP(ctx), 0, 0))
+	if (refire(ctx, cookie, PROG_EXITSYSCALL))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -1030,7 +946,7 @@ int mProf_Malloc(struct pt_regs *ctx)
 	hit(PROG_MPROF_MALLOC);
 	asm volatile("" : "+r"(bx), "+r"(cx));
 	size = mprof_size_arg == 2 ? bx : cx;
-	if (refire(ctx, cookie, PROG_MPROF_MALLOC, tid, GO_G(ctx), size, GO_ARG1(ctx), 0))
+	if (refire(ctx, cookie, PROG_MPROF_MALLOC))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -1058,7 +974,7 @@ int mheap_grow(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_MHEAP_GROW);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_MHEAP_GROW, tid, GO_G(ctx), GO_ARG2(ctx), 0, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_MHEAP_GROW))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -1084,7 +1000,7 @@ int newosproc(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_NEWOSPROC);
-	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_NEWOSPROC, tid, GO_G(ctx), mp, 0, 0))
+	if (refire(ctx, bpf_get_attach_cookie(ctx), PROG_NEWOSPROC))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -1110,7 +1026,7 @@ static __always_inline int chan_op(struct pt_regs *ctx, __u32 prog, __u16 kind)
 		return 0;
 	hit(prog);
 	/* Not ep: it points into the stack, which a re-entry has moved. */
-	if (refire(ctx, cookie, prog, tid, GO_G(ctx), GO_ARG1(ctx), GO_ARG3(ctx) & 0xff, 0))
+	if (refire(ctx, cookie, prog))
 		return 0;
 	if (!stream_events)
 		return 0;
@@ -1150,7 +1066,7 @@ int mallocgc(struct pt_regs *ctx)
 	if (!tid)
 		return 0;
 	hit(PROG_MALLOCGC);
-	if (refire(ctx, cookie, PROG_MALLOCGC, tid, GO_G(ctx), GO_ARG1(ctx), GO_ARG2(ctx), 0))
+	if (refire(ctx, cookie, PROG_MALLOCGC))
 		return 0;
 	if (!stream_events)
 		return 0;

@@ -151,8 +151,7 @@ struct site_agg {
 
 /* Attach cookie bits, set per probe by the loader. */
 #define COOKIE_FRAME_PUSHED 0x1 /* return address at 8(SP), not 0(SP) */
-#define COOKIE_REFIRES 0x2      /* before the stack check's branch */
-#define COOKIE_AT_JCC 0x4       /* probe sits on the stack check's JBE */
+#define COOKIE_REFIRES 0x2      /* on the stack check's JBE: may fire twice */
 
 /* x86 EFLAGS bits. */
 #define X86_CF 0x0001

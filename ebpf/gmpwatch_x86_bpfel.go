@@ -36,22 +36,6 @@ type gmpwatchGmpEvent struct {
 	Flags   uint8
 }
 
-type gmpwatchLastCall struct {
-	_     structs.HostLayout
-	G     uint64
-	A0    uint64
-	A1    uint64
-	Hi    uint64
-	Depth uint64
-	Gen   uint64
-}
-
-type gmpwatchLastKey struct {
-	_    structs.HostLayout
-	Tid  uint32
-	Prog uint32
-}
-
 type gmpwatchParkStamp struct {
 	_      structs.HostLayout
 	Ts     uint64
@@ -87,13 +71,11 @@ const (
 	gmpwatchMapCreations           = "creations"
 	gmpwatchMapEvents              = "events"
 	gmpwatchMapHits                = "hits"
-	gmpwatchMapLastCalls           = "last_calls"
 	gmpwatchMapParkedSince         = "parked_since"
 	gmpwatchMapRunnableSince       = "runnable_since"
 	gmpwatchMapSchedLat            = "sched_lat"
 	gmpwatchMapSiteCounts          = "site_counts"
 	gmpwatchMapStacks              = "stacks"
-	gmpwatchMapSwitchGen           = "switch_gen"
 	gmpwatchMapWaitStats           = "wait_stats"
 	gmpwatchProgCasgstatus         = "casgstatus"
 	gmpwatchProgChanrecv           = "chanrecv"
@@ -118,7 +100,6 @@ const (
 	gmpwatchProgSchedule           = "schedule"
 	gmpwatchVarAggregate           = "aggregate"
 	gmpwatchVarCaptureStacks       = "capture_stacks"
-	gmpwatchVarDedupByMap          = "dedup_by_map"
 	gmpwatchVarGoschedHasPreempted = "gosched_has_preempted"
 	gmpwatchVarInjectMax           = "inject_max"
 	gmpwatchVarM_span              = "m_span"
@@ -221,13 +202,11 @@ type gmpwatchMapSpecs struct {
 	Creations     *ebpf.MapSpec `ebpf:"creations"`
 	Events        *ebpf.MapSpec `ebpf:"events"`
 	Hits          *ebpf.MapSpec `ebpf:"hits"`
-	LastCalls     *ebpf.MapSpec `ebpf:"last_calls"`
 	ParkedSince   *ebpf.MapSpec `ebpf:"parked_since"`
 	RunnableSince *ebpf.MapSpec `ebpf:"runnable_since"`
 	SchedLat      *ebpf.MapSpec `ebpf:"sched_lat"`
 	SiteCounts    *ebpf.MapSpec `ebpf:"site_counts"`
 	Stacks        *ebpf.MapSpec `ebpf:"stacks"`
-	SwitchGen     *ebpf.MapSpec `ebpf:"switch_gen"`
 	WaitStats     *ebpf.MapSpec `ebpf:"wait_stats"`
 }
 
@@ -237,7 +216,6 @@ type gmpwatchMapSpecs struct {
 type gmpwatchVariableSpecs struct {
 	Aggregate           *ebpf.VariableSpec `ebpf:"aggregate"`
 	CaptureStacks       *ebpf.VariableSpec `ebpf:"capture_stacks"`
-	DedupByMap          *ebpf.VariableSpec `ebpf:"dedup_by_map"`
 	GoschedHasPreempted *ebpf.VariableSpec `ebpf:"gosched_has_preempted"`
 	InjectMax           *ebpf.VariableSpec `ebpf:"inject_max"`
 	M_span              *ebpf.VariableSpec `ebpf:"m_span"`
@@ -291,13 +269,11 @@ type gmpwatchMaps struct {
 	Creations     *ebpf.Map `ebpf:"creations"`
 	Events        *ebpf.Map `ebpf:"events"`
 	Hits          *ebpf.Map `ebpf:"hits"`
-	LastCalls     *ebpf.Map `ebpf:"last_calls"`
 	ParkedSince   *ebpf.Map `ebpf:"parked_since"`
 	RunnableSince *ebpf.Map `ebpf:"runnable_since"`
 	SchedLat      *ebpf.Map `ebpf:"sched_lat"`
 	SiteCounts    *ebpf.Map `ebpf:"site_counts"`
 	Stacks        *ebpf.Map `ebpf:"stacks"`
-	SwitchGen     *ebpf.Map `ebpf:"switch_gen"`
 	WaitStats     *ebpf.Map `ebpf:"wait_stats"`
 }
 
@@ -307,13 +283,11 @@ func (m *gmpwatchMaps) Close() error {
 		m.Creations,
 		m.Events,
 		m.Hits,
-		m.LastCalls,
 		m.ParkedSince,
 		m.RunnableSince,
 		m.SchedLat,
 		m.SiteCounts,
 		m.Stacks,
-		m.SwitchGen,
 		m.WaitStats,
 	)
 }
@@ -324,7 +298,6 @@ func (m *gmpwatchMaps) Close() error {
 type gmpwatchVariables struct {
 	Aggregate           *ebpf.Variable `ebpf:"aggregate"`
 	CaptureStacks       *ebpf.Variable `ebpf:"capture_stacks"`
-	DedupByMap          *ebpf.Variable `ebpf:"dedup_by_map"`
 	GoschedHasPreempted *ebpf.Variable `ebpf:"gosched_has_preempted"`
 	InjectMax           *ebpf.Variable `ebpf:"inject_max"`
 	M_span              *ebpf.Variable `ebpf:"m_span"`

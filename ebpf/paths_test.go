@@ -32,10 +32,8 @@ type pathsRun struct {
 
 const pathsBlock = 50 * time.Millisecond
 
-// runPaths runs the target traced by pathPrograms; with dedupByMap, the
-// refiring probes' instructions are hidden, so that their morestack
-// re-entries are told apart by the per-thread record, not the JBE's flags.
-func runPaths(t *testing.T, tc testtarget.Toolchain, v testtarget.Variant, dedupByMap bool) *pathsRun {
+// runPaths runs the target traced by pathPrograms.
+func runPaths(t *testing.T, tc testtarget.Toolchain, v testtarget.Variant) *pathsRun {
 	t.Helper()
 	bin := testtarget.Build(t, "pathsbpf", tc, v)
 	tg := startTarget(t, bin, nil, "-block", pathsBlock.String(), "-threads", "6", "-syscalls", "5")
@@ -43,18 +41,6 @@ func runPaths(t *testing.T, tc testtarget.Toolchain, v testtarget.Variant, dedup
 	p, err := plan.FromProcess(tg.cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if dedupByMap {
-		hidden := 0
-		for i := range p.Probes {
-			if p.Probes[i].Refires {
-				p.Probes[i].Insn = ""
-				hidden++
-			}
-		}
-		if hidden == 0 {
-			t.Fatal("no refiring probe")
-		}
 	}
 	c := trace(t, p, Options{Programs: pathPrograms})
 	before := threads(t, tg.cmd.Process.Pid)
@@ -163,23 +149,17 @@ func (r *pathsRun) funcAt(pc uint64) string {
 func TestPaths(t *testing.T) {
 	testtarget.RequireRoot(t)
 	for _, c := range []struct {
-		tc    testtarget.Toolchain
-		v     testtarget.Variant
-		byMap bool
+		tc testtarget.Toolchain
+		v  testtarget.Variant
 	}{
-		{testtarget.Go126, testtarget.Plain, false},
-		{testtarget.Go126, testtarget.Stripped, false},
-		{testtarget.Go127, testtarget.Plain, false},
-		{testtarget.Go119, testtarget.Plain, false},
-		{testtarget.Go119, testtarget.Stripped, false},
-		{testtarget.Go119, testtarget.Plain, true},
+		{testtarget.Go126, testtarget.Plain},
+		{testtarget.Go126, testtarget.Stripped},
+		{testtarget.Go127, testtarget.Plain},
+		{testtarget.Go119, testtarget.Plain},
+		{testtarget.Go119, testtarget.Stripped},
 	} {
-		name := fmt.Sprintf("%s-%s", c.tc, c.v)
-		if c.byMap {
-			name += "-dedup-by-map"
-		}
-		t.Run(name, func(t *testing.T) {
-			r := runPaths(t, c.tc, c.v, c.byMap)
+		t.Run(fmt.Sprintf("%s-%s", c.tc, c.v), func(t *testing.T) {
+			r := runPaths(t, c.tc, c.v)
 			t.Run("park", r.checkPark)
 			t.Run("create", r.checkCreate)
 			t.Run("alloc", r.checkAlloc)

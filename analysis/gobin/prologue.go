@@ -34,8 +34,9 @@ const maxPrologue = 6
 //     which the kernel emulates; it runs only once the check has passed, so
 //     it fires once per call.
 //   - the same without a push next (go1.20 and older allocate the frame with
-//     SUBQ first): the probe sits on the conditional jump, which the kernel
-//     emulates, and may fire twice (Refires).
+//     SUBQ first): the probe sits on the JBE, which the kernel emulates, and
+//     may fire twice (Refires); the JBE's flags tell the hits apart. Go emits
+//     no other branch there, and any other is refused.
 //   - no stack check (NOSPLIT): offset 0.
 func (b *Binary) FindProbeSite(fn Sym) (ProbeSite, error) {
 	code, err := b.Code(fn)
@@ -79,6 +80,10 @@ func probeSite(code []byte, pc uint64) (ProbeSite, error) {
 		}
 		if i+2 < len(insts) && isPushBP(insts[i+2]) {
 			return site(i+2, false), nil
+		}
+		if insts[i+1].Op != x86asm.JBE {
+			// Only a JBE's flags say which hit re-enters.
+			return ProbeSite{}, fmt.Errorf("%w at %#x: stack check branches with %v, not JBE", ErrPrologue, pc+offs[i+1], insts[i+1].Op)
 		}
 		return site(i+1, true), nil
 	}
