@@ -248,15 +248,21 @@ func Start(t testing.TB, bin string, args ...string) *Process {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
+	// Our own pipe, not StdoutPipe: Wait runs as soon as the target exits
+	// and would close StdoutPipe's reader under lines not read yet.
+	out, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
+	cmd.Stdout = w
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		out.Close()
 		t.Fatalf("start %s: %v", bin, err)
 	}
 	p := &Process{Cmd: cmd, Stdin: in, Stdout: bufio.NewReader(out), done: make(chan struct{})}
@@ -268,6 +274,7 @@ func Start(t testing.TB, bin string, args ...string) *Process {
 		in.Close()
 		_ = cmd.Process.Kill()
 		<-p.done
+		out.Close()
 	})
 	return p
 }
