@@ -404,22 +404,28 @@ func checkSpawn(t *testing.T, b *gobin.Binary, p *plan.Plan, evs []event.Event, 
 		}
 	}
 	var unparks int
-	for _, ev := range evs {
+	sorted := append([]event.Event(nil), evs...)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Ts < sorted[j].Ts })
+	parkedOn := map[uint64]string{} // a worker's last wait reason
+	for _, ev := range sorted {
 		switch {
 		case ev.Kind == event.KindGoStart && created[ev.Goid]:
 			starts++
 		case ev.Kind == event.KindGoExit && created[ev.Goid] && ev.PC != gopc:
 			t.Errorf("exit of %d with gopc %#x, created with %#x", ev.Goid, ev.PC, gopc)
-		case ev.Kind == event.KindGoUnpark && created[ev.Goid]:
-			// Only main's close(release) readies a worker.
+		case ev.Kind == event.KindGoPark && created[ev.Goid]:
+			parkedOn[ev.Goid] = p.WaitReasons.Name(ev.Reason)
+		case ev.Kind == event.KindGoUnpark && created[ev.Goid] && parkedOn[ev.Goid] == "chan receive":
+			// Only main's close(release) ends a worker's receive
+			// (a GC assist wait, say, is ended by the GC).
 			unparks++
 			if ev.Aux != parent {
-				t.Errorf("worker %d readied by %d, want main (%d)", ev.Goid, ev.Aux, parent)
+				t.Errorf("worker %d readied from its receive by %d, want main (%d)", ev.Goid, ev.Aux, parent)
 			}
 		}
 	}
 	if unparks == 0 {
-		t.Errorf("no worker was readied")
+		t.Errorf("no worker was readied from its receive")
 	}
 	t.Logf("%d events: %v; %d Ms", len(evs), kinds, len(mTID))
 	if len(created) != n || exits != n {
