@@ -148,18 +148,15 @@ func (r *pathsRun) funcAt(pc uint64) string {
 // path against what the target printed.
 func TestPaths(t *testing.T) {
 	testtarget.RequireRoot(t)
-	for _, c := range []struct {
-		tc testtarget.Toolchain
-		v  testtarget.Variant
-	}{
-		{testtarget.Go126, testtarget.Plain},
-		{testtarget.Go126, testtarget.Stripped},
-		{testtarget.Go127, testtarget.Plain},
-		{testtarget.Go119, testtarget.Plain},
-		{testtarget.Go119, testtarget.Stripped},
+	for _, c := range []testtarget.Case{
+		{Toolchain: testtarget.Go126, Variant: testtarget.Plain},
+		{Toolchain: testtarget.Go126, Variant: testtarget.Stripped},
+		{Toolchain: testtarget.Go127, Variant: testtarget.Plain},
+		{Toolchain: testtarget.Go119, Variant: testtarget.Plain},
+		{Toolchain: testtarget.Go119, Variant: testtarget.Stripped},
 	} {
-		t.Run(fmt.Sprintf("%s-%s", c.tc, c.v), func(t *testing.T) {
-			r := runPaths(t, c.tc, c.v)
+		t.Run(c.String(), func(t *testing.T) {
+			r := runPaths(t, c.Toolchain, c.Variant)
 			t.Run("park", r.checkPark)
 			t.Run("create", r.checkCreate)
 			t.Run("alloc", r.checkAlloc)

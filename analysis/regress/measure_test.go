@@ -95,19 +95,16 @@ func measure(t *testing.T, bin string, args ...string) (Outcome, error, string) 
 // count give or take the few transitions of exiting, p99 in the same
 // bucket, the same goroutines created (go1.26+) and threads.
 func TestHistogramMeasurerMatchesRuntime(t *testing.T) {
-	for _, c := range []struct {
-		tc testtarget.Toolchain
-		v  testtarget.Variant
-	}{
-		{testtarget.Go126, testtarget.Plain},
-		{testtarget.Go126, testtarget.PIE},
-		{testtarget.Go126, testtarget.Stripped},
-		{testtarget.Go127, testtarget.Plain},
-		{testtarget.Go119, testtarget.Plain},
+	for _, c := range []testtarget.Case{
+		{Toolchain: testtarget.Go126, Variant: testtarget.Plain},
+		{Toolchain: testtarget.Go126, Variant: testtarget.PIE},
+		{Toolchain: testtarget.Go126, Variant: testtarget.Stripped},
+		{Toolchain: testtarget.Go127, Variant: testtarget.Plain},
+		{Toolchain: testtarget.Go119, Variant: testtarget.Plain},
 	} {
-		tc := c.tc
-		t.Run(string(tc)+"-"+string(c.v), func(t *testing.T) {
-			bin := testtarget.Build(t, "schedload", tc, c.v)
+		tc := c.Toolchain
+		t.Run(c.String(), func(t *testing.T) {
+			bin := testtarget.Build(t, "schedload", tc, c.Variant)
 			// Twice: the second run of the same executable takes its plan
 			// from the cache, with its own load bias (PIE moves).
 			for i := 0; i < 2; i++ {

@@ -389,17 +389,14 @@ func TestRecordAttachPID(t *testing.T) {
 // stripped, PIE and older-toolchain targets, from the recording alone.
 func TestRecordVariants(t *testing.T) {
 	testtarget.RequireRoot(t)
-	for _, tc := range []struct {
-		tc testtarget.Toolchain
-		v  testtarget.Variant
-	}{
-		{testtarget.Go126, testtarget.Stripped},
-		{testtarget.Go126, testtarget.PIE},
-		{testtarget.Go127, testtarget.Plain},
-		{testtarget.Go119, testtarget.PIE},
+	for _, tc := range []testtarget.Case{
+		{Toolchain: testtarget.Go126, Variant: testtarget.Stripped},
+		{Toolchain: testtarget.Go126, Variant: testtarget.PIE},
+		{Toolchain: testtarget.Go127, Variant: testtarget.Plain},
+		{Toolchain: testtarget.Go119, Variant: testtarget.PIE},
 	} {
-		t.Run(fmt.Sprintf("%s-%s", tc.tc, tc.v), func(t *testing.T) {
-			bin := testtarget.Build(t, "paths", tc.tc, tc.v)
+		t.Run(tc.String(), func(t *testing.T) {
+			bin := testtarget.Build(t, "paths", tc.Toolchain, tc.Variant)
 			dir := t.TempDir()
 			rec := filepath.Join(dir, "r.rec")
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -171,21 +171,18 @@ func TestTopBadTargets(t *testing.T) {
 func TestTopLaunchSpawn(t *testing.T) {
 	testtarget.RequireRoot(t)
 	const n = 1000
-	for _, tc := range []struct {
-		tc testtarget.Toolchain
-		v  testtarget.Variant
-	}{
-		{testtarget.Go126, testtarget.Plain},
-		{testtarget.Go126, testtarget.Stripped},
-		{testtarget.Go127, testtarget.Plain},
-		{testtarget.Go119, testtarget.Plain},
+	for _, tc := range []testtarget.Case{
+		{Toolchain: testtarget.Go126, Variant: testtarget.Plain},
+		{Toolchain: testtarget.Go126, Variant: testtarget.Stripped},
+		{Toolchain: testtarget.Go127, Variant: testtarget.Plain},
+		{Toolchain: testtarget.Go119, Variant: testtarget.Plain},
 		// A PIE stopped at exec is not relocated yet: the plan takes the
 		// wait reasons from the file.
-		{testtarget.Go126, testtarget.PIE},
-		{testtarget.Go119, testtarget.PIE},
+		{Toolchain: testtarget.Go126, Variant: testtarget.PIE},
+		{Toolchain: testtarget.Go119, Variant: testtarget.PIE},
 	} {
-		t.Run(fmt.Sprintf("%s-%s", tc.tc, tc.v), func(t *testing.T) {
-			bin := testtarget.Build(t, "spawn", tc.tc, tc.v)
+		t.Run(tc.String(), func(t *testing.T) {
+			bin := testtarget.Build(t, "spawn", tc.Toolchain, tc.Variant)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			code, stdout, stderr, wall := runTopMain(t, ctx, strings.NewReader("\n"), "--json", "--overhead", "max", "-i", "1h", "--", bin, "-n", strconv.Itoa(n))
@@ -312,18 +309,15 @@ func topWaitFor(t *testing.T, buf *topBuffer, s string, timeout time.Duration) {
 // ends when it exits: interval reports while it runs, then the final report.
 func TestTopAttachPID(t *testing.T) {
 	testtarget.RequireRoot(t)
-	for _, tc := range []struct {
-		tc testtarget.Toolchain
-		v  testtarget.Variant
-	}{
-		{testtarget.Go126, testtarget.Plain},
-		{testtarget.Go126, testtarget.PIE},
-		{testtarget.Go127, testtarget.Stripped},
-		{testtarget.Go119, testtarget.Stripped},
-		{testtarget.Go119, testtarget.PIE}, // pclntab in .data.rel.ro.gopclntab
+	for _, tc := range []testtarget.Case{
+		{Toolchain: testtarget.Go126, Variant: testtarget.Plain},
+		{Toolchain: testtarget.Go126, Variant: testtarget.PIE},
+		{Toolchain: testtarget.Go127, Variant: testtarget.Stripped},
+		{Toolchain: testtarget.Go119, Variant: testtarget.Stripped},
+		{Toolchain: testtarget.Go119, Variant: testtarget.PIE}, // pclntab in .data.rel.ro.gopclntab
 	} {
-		t.Run(fmt.Sprintf("%s-%s", tc.tc, tc.v), func(t *testing.T) {
-			topAttachPID(t, testtarget.Build(t, "spawn", tc.tc, tc.v), string(tc.tc))
+		t.Run(tc.String(), func(t *testing.T) {
+			topAttachPID(t, testtarget.Build(t, "spawn", tc.Toolchain, tc.Variant), string(tc.Toolchain))
 		})
 	}
 }

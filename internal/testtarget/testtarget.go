@@ -49,6 +49,16 @@ const (
 // Variants lists every variant.
 var Variants = []Variant{Plain, Stripped, PIE, CGO}
 
+// Case is a target built one way with one toolchain: a row of the tests'
+// tables.
+type Case struct {
+	Toolchain Toolchain
+	Variant   Variant
+}
+
+// String names the case for t.Run, "go1.26-plain".
+func (c Case) String() string { return string(c.Toolchain) + "-" + string(c.Variant) }
+
 // InCI reports whether the tests run in CI (CI=true), where skipping is failing.
 func InCI() bool { return os.Getenv("CI") == "true" }
 
