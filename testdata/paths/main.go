@@ -118,7 +118,7 @@ func main() {
 	// profiling disabled by the linker: keep it on, as any program that
 	// imports runtime/pprof does.
 	runtime.MemProfile(nil, false)
-	allocate(256)
+	allocate(1024)
 	block(*blockFor)
 	leak(*nleak, 10*time.Millisecond)
 	lockedSyscalls(4, 100*time.Millisecond)
