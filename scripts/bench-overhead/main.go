@@ -275,7 +275,6 @@ type gmp struct {
 	n      int
 	mu     sync.Mutex // the model is fed by the reader and told of windows
 	model  *sched.Model
-	rt     *rtstate.Reader
 	plan   *plan.Plan
 }
 
@@ -326,6 +325,22 @@ func startGmp(pid int, cfg string, cal *ebpf.Calibration) (*gmp, error) {
 	}()
 	go func() { g.done <- g.win.Run(ctx) }()
 	return g, nil
+}
+
+// startGmpReader starts gmpwatch under the default budget and opens the
+// target's runtime state with its plan: the accuracy runs compare the
+// windows with the runtime's own histogram, read from memory.
+func startGmpReader(pid int, cal *ebpf.Calibration) (*gmp, *rtstate.Reader, error) {
+	g, err := startGmp(pid, "default", cal)
+	if err != nil {
+		return nil, nil, err
+	}
+	rt, err := rtstate.Open(g.plan)
+	if err != nil {
+		g.stop(&result{})
+		return nil, nil, err
+	}
+	return g, rt, nil
 }
 
 // finish stops gmpwatch and returns the scheduling latency its windows saw,
@@ -852,11 +867,7 @@ func accuracyStorm(bin string, cal *ebpf.Calibration) (*accRun, error) {
 		return nil, err
 	}
 	defer x.kill()
-	g, err := startGmp(x.cmd.Process.Pid, "default", cal)
-	if err != nil {
-		return nil, err
-	}
-	rt, err := rtstate.Open(g.plan)
+	g, rt, err := startGmpReader(x.cmd.Process.Pid, cal)
 	if err != nil {
 		return nil, err
 	}
@@ -909,11 +920,7 @@ func accuracyHTTP(bin string, cal *ebpf.Calibration) (*accRun, error) {
 	}
 	defer x.kill()
 	addr := strings.TrimPrefix(l, "listening ")
-	g, err := startGmp(x.cmd.Process.Pid, "default", cal)
-	if err != nil {
-		return nil, err
-	}
-	rt, err := rtstate.Open(g.plan)
+	g, rt, err := startGmpReader(x.cmd.Process.Pid, cal)
 	if err != nil {
 		return nil, err
 	}
